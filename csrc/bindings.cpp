@@ -1,0 +1,12 @@
+// The only PYBIND11_MODULE of harness._C: one m.def per entry point.
+#include <torch/extension.h>
+
+#include "common/build_info.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "MLPerf Mask R-CNN harness operators (C++/CUDA)";
+
+  m.def("cuda_compiled", &harness::cuda_compiled, "True when the CUDA kernels were built");
+  m.def("cuda_archs", &harness::cuda_archs, "CUDA archs the kernels were built for, e.g. ['8.0']");
+  m.def("torch_version", &harness::torch_version, "torch version the extension was built against");
+}
