@@ -1,0 +1,5 @@
+"""The operators Mask R-CNN training spends its time in, backed by harness._C (CPU and CUDA kernels).
+
+Each op's module holds the argument checks, the autograd.Function where it is differentiable, and a
+pure-PyTorch reference implementation (the test oracle).
+"""
