@@ -4,10 +4,6 @@ import pytest
 import torch
 
 
-def pytest_addoption(parser):
-    parser.addoption("--bench-device", default="cpu", help="device for the op benchmarks (cpu|cuda)")
-
-
 @pytest.fixture(scope="session")
 def bench_device(request) -> torch.device:
     device = torch.device(request.config.getoption("--bench-device"))
