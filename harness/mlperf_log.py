@@ -1,0 +1,207 @@
+"""The one MLPerf logger of the project: every `mlperf_logging.mllog` call goes through `MLPerfLogger`.
+
+It writes `:::MLLOG {...}` lines (the format `python -m mlperf_logging.compliance_checker --usage
+training --ruleset 3.1.0 LOG` reads) to a file and optionally to stdout. Only the main rank logs: on
+other ranks every method is a no-op, so the training loop calls it unconditionally.
+
+Event order in a run (what the checker enforces): init_start → log_hyperparameters → init_stop →
+run_start → per epoch block_start/epoch_start … epoch_stop/block_stop → eval_start → eval_accuracy →
+eval_stop → … → run_stop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlperf_logging.mllog import constants
+from mlperf_logging.mllog.mllog import MLLogger
+
+from harness.config import Config
+
+BENCHMARK = constants.MASKRCNN
+RUN_STATUSES = ("success", "aborted")
+DIVISIONS = ("closed", "open")
+SUBMISSION_STATUSES = ("cloud", "onprem", "preview", "research")
+
+# mllog records the file:line of the code that logged; public method → _emit → mllog.event →
+# _log_helper puts the training loop's call site three frames above mllog's default.
+_CALLER_DEPTH = 3
+_logger_ids = itertools.count()
+
+
+class MLPerfLogger:
+    """`:::MLLOG` writer for one run.
+
+    Args:
+        path: log file (appended to; its folder must exist). None logs to stdout only.
+        is_main: False on every rank but 0; such a logger writes nothing.
+        stdout: also echo each line to stdout.
+    """
+
+    def __init__(self, path: str | Path | None, is_main: bool = True, stdout: bool = False) -> None:
+        self.is_main = is_main
+        self._logger: logging.Logger | None = None
+        self._mllog: MLLogger | None = None
+        if not is_main:
+            return
+        if path is None and not stdout:
+            raise ValueError("MLPerfLogger: give a log file `path` or stdout=True")
+        logger = logging.getLogger(f"harness.mlperf_log.{next(_logger_ids)}")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        handlers: list[logging.Handler] = []
+        if path is not None:
+            path = Path(path)
+            if not path.parent.is_dir():
+                raise FileNotFoundError(f"MLPerfLogger: folder of log file {path} does not exist")
+            handlers.append(logging.FileHandler(path, mode="a", encoding="utf-8"))
+        if stdout:
+            handlers.append(logging.StreamHandler(sys.stdout))
+        for handler in handlers:
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        self._logger = logger
+        self._mllog = MLLogger(logger=logger, default_stack_offset=_CALLER_DEPTH)
+
+    def close(self) -> None:
+        """Flush and close the log file; later calls are no-ops."""
+        if self._logger is None:
+            return
+        for handler in list(self._logger.handlers):
+            handler.close()
+            self._logger.removeHandler(handler)
+        self._logger = None
+        self._mllog = None
+
+    def _emit(
+        self, kind: str, key: str, value: Any = None, metadata: dict[str, Any] | None = None
+    ) -> None:
+        if self._mllog is None:
+            return
+        getattr(self._mllog, kind)(key=key, value=value, metadata=metadata)
+
+    def event(self, key: str, value: Any = None, metadata: dict[str, Any] | None = None) -> None:
+        """A point-in-time line for any other key (e.g. a rule-defined optional key)."""
+        self._emit("event", key, value, metadata)
+
+    def init_start(self) -> None:
+        self._emit("start", constants.INIT_START)
+
+    def init_stop(self) -> None:
+        self._emit("end", constants.INIT_STOP)
+
+    def run_start(self) -> None:
+        """Starts the timed region: time to train is measured from here."""
+        self._emit("start", constants.RUN_START)
+
+    def run_stop(self, status: str) -> None:
+        """Ends the timed region; `status` is "success" (target reached) or "aborted"."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run_stop: status must be one of {RUN_STATUSES}, got {status!r}")
+        self._emit("end", constants.RUN_STOP, metadata={constants.STATUS: status})
+
+    def block_start(self, first_epoch_num: int, epoch_count: int) -> None:
+        """A block is the epochs between two evaluations; epochs are numbered from 1."""
+        if epoch_count <= 0:
+            raise ValueError(f"block_start: epoch_count must be > 0, got {epoch_count}")
+        self._emit(
+            "start",
+            constants.BLOCK_START,
+            metadata={
+                constants.FIRST_EPOCH_NUM: first_epoch_num,
+                constants.EPOCH_COUNT: epoch_count,
+            },
+        )
+
+    def block_stop(self, first_epoch_num: int) -> None:
+        self._emit(
+            "end", constants.BLOCK_STOP, metadata={constants.FIRST_EPOCH_NUM: first_epoch_num}
+        )
+
+    def epoch_start(self, epoch_num: int) -> None:
+        self._emit("start", constants.EPOCH_START, metadata={constants.EPOCH_NUM: epoch_num})
+
+    def epoch_stop(self, epoch_num: int) -> None:
+        self._emit("end", constants.EPOCH_STOP, metadata={constants.EPOCH_NUM: epoch_num})
+
+    def eval_start(self, epoch_num: int) -> None:
+        self._emit("start", constants.EVAL_START, metadata={constants.EPOCH_NUM: epoch_num})
+
+    def eval_stop(self, epoch_num: int) -> None:
+        self._emit("end", constants.EVAL_STOP, metadata={constants.EPOCH_NUM: epoch_num})
+
+    def eval_accuracy(self, accuracy: Mapping[str, float], epoch_num: int) -> None:
+        """Log COCO AP@[.5:.95] as {"BBOX": box AP, "SEGM": mask AP}, fractions in [0, 1]."""
+        missing = {"BBOX", "SEGM"} - set(accuracy)
+        if missing:
+            raise KeyError(f"eval_accuracy: accuracy lacks {sorted(missing)}; got {dict(accuracy)}")
+        value = {"BBOX": float(accuracy["BBOX"]), "SEGM": float(accuracy["SEGM"])}
+        self._emit(
+            "event", constants.EVAL_ACCURACY, value, metadata={constants.EPOCH_NUM: epoch_num}
+        )
+
+    def log_hyperparameters(
+        self,
+        cfg: Config,
+        world_size: int,
+        seed: int,
+        train_samples: int,
+        eval_samples: int,
+        platform: str | None = None,
+    ) -> None:
+        """Log, exactly once each, the submission and hyperparameter keys closed Mask R-CNN requires.
+
+        Args:
+            cfg: the resolved run config; `solver.ims_per_batch` is the global batch.
+            world_size: number of training processes; the global batch must split evenly over them
+                and over the gradient accumulation steps.
+            seed: the seed actually used (after resolving cfg.run.seed = -1 and broadcasting).
+            train_samples: images in the training set after filtering.
+            eval_samples: images evaluated (5000 for COCO val2017).
+            platform: system name; defaults to cfg.run.platform, which must then be non-empty.
+        """
+        platform = cfg.run.platform if platform is None else platform
+        if not platform:
+            raise ValueError("log_hyperparameters: run.platform is empty; pass `platform`")
+        if cfg.run.division not in DIVISIONS:
+            raise ValueError(f"run.division must be one of {DIVISIONS}, got {cfg.run.division!r}")
+        if cfg.run.submission_status not in SUBMISSION_STATUSES:
+            raise ValueError(
+                f"run.submission_status must be one of {SUBMISSION_STATUSES}, "
+                f"got {cfg.run.submission_status!r}"
+            )
+        solver = cfg.solver
+        per_step = world_size * solver.gradient_accumulation_steps
+        if world_size <= 0 or solver.ims_per_batch % per_step:
+            raise ValueError(
+                f"solver.ims_per_batch={solver.ims_per_batch} does not split over world_size="
+                f"{world_size} × gradient_accumulation_steps={solver.gradient_accumulation_steps}"
+            )
+        values: dict[str, Any] = {
+            constants.SUBMISSION_BENCHMARK: BENCHMARK,
+            constants.SUBMISSION_ORG: cfg.run.submission_org,
+            constants.SUBMISSION_PLATFORM: platform,
+            constants.SUBMISSION_DIVISION: cfg.run.division,
+            constants.SUBMISSION_STATUS: cfg.run.submission_status,
+            constants.CACHE_CLEAR: True,
+            constants.SEED: int(seed),
+            constants.GLOBAL_BATCH_SIZE: solver.ims_per_batch,
+            constants.GRADIENT_ACCUMULATION_STEPS: solver.gradient_accumulation_steps,
+            constants.OPT_BASE_LR: solver.base_lr,
+            constants.OPT_LR_WARMUP_STEPS: solver.warmup_iters,
+            constants.OPT_LR_WARMUP_FACTOR: solver.warmup_factor,
+            constants.OPT_LR_DECAY_FACTOR: solver.gamma,
+            constants.OPT_LR_DECAY_STEPS: list(solver.steps),
+            constants.NUM_IMAGE_CANDIDATES: cfg.model.rpn.post_nms_top_n_train,
+            constants.MIN_IMAGE_SIZE: cfg.data.min_size,
+            constants.MAX_IMAGE_SIZE: cfg.data.max_size,
+            constants.TRAIN_SAMPLES: int(train_samples),
+            constants.EVAL_SAMPLES: int(eval_samples),
+        }
+        for key, value in values.items():
+            self._emit("event", key, value)
