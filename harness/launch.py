@@ -1,0 +1,211 @@
+"""Start training under torchrun, on one node or across a Backend.AI cluster session.
+
+`python -m harness.launch [--nproc-per-node N] [--port P] [--print] -- <training args>` runs
+`torchrun <rendezvous args> -m harness.train <training args>` (as `python -m torch.distributed.run`,
+which is what the `torchrun` script calls, so the same interpreter runs the job).
+
+A Backend.AI cluster session sets, in every container:
+  BACKENDAI_CLUSTER_SIZE        number of containers (nodes), e.g. "3"
+  BACKENDAI_CLUSTER_HOSTS       all their hostnames, e.g. "main1,sub1,sub2" (order not guaranteed)
+  BACKENDAI_CLUSTER_HOST        this container's hostname, e.g. "sub1"
+  BACKENDAI_CLUSTER_ROLE        "main" (one container) or "sub"
+  BACKENDAI_CLUSTER_IDX         1-based index within the role
+  BACKENDAI_CLUSTER_LOCAL_RANK  0-based index over the whole cluster; the main container is 0
+They map onto torchrun as --nnodes = SIZE, --node_rank = LOCAL_RANK, --master_addr = the main host.
+Without these variables the job runs on this node alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+
+CLUSTER_VARS = (
+    "BACKENDAI_CLUSTER_SIZE",
+    "BACKENDAI_CLUSTER_HOSTS",
+    "BACKENDAI_CLUSTER_HOST",
+    "BACKENDAI_CLUSTER_ROLE",
+    "BACKENDAI_CLUSTER_IDX",
+    "BACKENDAI_CLUSTER_LOCAL_RANK",
+)
+MAIN_ROLE = "main"
+SUB_ROLE = "sub"
+# A one-node job needs no name resolution: the rendezvous store listens on loopback.
+LOCAL_ADDR = "127.0.0.1"
+
+
+class ClusterEnvError(ValueError):
+    """The BACKENDAI_CLUSTER_* variables are incomplete or contradict each other."""
+
+
+def _int(env: Mapping[str, str], name: str, minimum: int) -> int:
+    raw = env[name]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ClusterEnvError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ClusterEnvError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _hosts(env: Mapping[str, str], size: int) -> list[str]:
+    raw = env["BACKENDAI_CLUSTER_HOSTS"]
+    hosts = [h.strip() for h in raw.split(",")]
+    if any(not h for h in hosts):
+        raise ClusterEnvError(f"BACKENDAI_CLUSTER_HOSTS={raw!r} has an empty hostname")
+    if len(set(hosts)) != len(hosts):
+        raise ClusterEnvError(f"BACKENDAI_CLUSTER_HOSTS={raw!r} repeats a hostname")
+    if len(hosts) != size:
+        raise ClusterEnvError(
+            f"BACKENDAI_CLUSTER_HOSTS={raw!r} lists {len(hosts)} hosts but "
+            f"BACKENDAI_CLUSTER_SIZE={size}"
+        )
+    return hosts
+
+
+def _main_host(hosts: Sequence[str]) -> str:
+    """The main container's hostname: Backend.AI names containers `<role><idx>` (main1, sub1, ...)."""
+    mains = [h for h in hosts if h.startswith(MAIN_ROLE)]
+    if len(mains) != 1:
+        raise ClusterEnvError(
+            f"BACKENDAI_CLUSTER_HOSTS={','.join(hosts)!r} must name exactly one main host "
+            f"(a name starting with {MAIN_ROLE!r}), found {mains}"
+        )
+    return mains[0]
+
+
+def cluster_layout(env: Mapping[str, str]) -> tuple[int, int, str]:
+    """(nnodes, node_rank, master_addr) of this container, from the BACKENDAI_CLUSTER_* variables.
+
+    Returns (1, 0, "127.0.0.1") when none of them is set. Raises ClusterEnvError naming the
+    variable when only some are set or when they disagree.
+    """
+    present = [name for name in CLUSTER_VARS if name in env]
+    if not present:
+        return 1, 0, LOCAL_ADDR
+    missing = [name for name in CLUSTER_VARS if name not in env]
+    if missing:
+        raise ClusterEnvError(
+            f"incomplete Backend.AI cluster environment: {', '.join(missing)} missing "
+            f"while {', '.join(present)} set"
+        )
+
+    size = _int(env, "BACKENDAI_CLUSTER_SIZE", minimum=1)
+    hosts = _hosts(env, size)
+    host = env["BACKENDAI_CLUSTER_HOST"].strip()
+    if host not in hosts:
+        raise ClusterEnvError(
+            f"BACKENDAI_CLUSTER_HOST={host!r} is not in BACKENDAI_CLUSTER_HOSTS={','.join(hosts)!r}"
+        )
+    role = env["BACKENDAI_CLUSTER_ROLE"].strip()
+    if role not in (MAIN_ROLE, SUB_ROLE):
+        raise ClusterEnvError(
+            f"BACKENDAI_CLUSTER_ROLE={role!r} must be {MAIN_ROLE!r} or {SUB_ROLE!r}"
+        )
+    idx = _int(env, "BACKENDAI_CLUSTER_IDX", minimum=1)
+    rank = _int(env, "BACKENDAI_CLUSTER_LOCAL_RANK", minimum=0)
+    if rank >= size:
+        raise ClusterEnvError(
+            f"BACKENDAI_CLUSTER_LOCAL_RANK={rank} must be < BACKENDAI_CLUSTER_SIZE={size}"
+        )
+
+    main = _main_host(hosts)
+    # torchrun's node 0 hosts the rendezvous store at --master_addr, so node 0 must be the main
+    # container; a mismatch would leave every node waiting on a store nobody started.
+    if role == MAIN_ROLE:
+        if rank != 0 or idx != 1 or host != main:
+            raise ClusterEnvError(
+                f"the main container must have BACKENDAI_CLUSTER_LOCAL_RANK=0, "
+                f"BACKENDAI_CLUSTER_IDX=1 and BACKENDAI_CLUSTER_HOST={main!r}; got "
+                f"LOCAL_RANK={rank}, IDX={idx}, HOST={host!r}"
+            )
+    elif rank == 0 or idx >= size or host == main:
+        raise ClusterEnvError(
+            f"a sub container needs BACKENDAI_CLUSTER_LOCAL_RANK >= 1, "
+            f"BACKENDAI_CLUSTER_IDX < BACKENDAI_CLUSTER_SIZE={size} and a host other than "
+            f"{main!r}; got LOCAL_RANK={rank}, IDX={idx}, HOST={host!r}"
+        )
+    if size == 1:
+        return 1, 0, LOCAL_ADDR
+    return size, rank, main
+
+
+def torchrun_args(env: Mapping[str, str], nproc_per_node: int, port: int = 29500) -> list[str]:
+    """torchrun's rendezvous options for this container.
+
+    env: the process environment (os.environ), read for BACKENDAI_CLUSTER_*;
+    nproc_per_node: worker processes on this node (one per GPU); port: the rendezvous TCP port
+    on the main host. Raises ClusterEnvError for an inconsistent cluster environment and
+    ValueError for a bad nproc_per_node or port.
+    """
+    if nproc_per_node < 1:
+        raise ValueError(f"nproc_per_node={nproc_per_node} must be >= 1")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port={port} must be in 1..65535")
+    nnodes, node_rank, master_addr = cluster_layout(env)
+    return [
+        f"--nnodes={nnodes}",
+        f"--node_rank={node_rank}",
+        f"--nproc_per_node={nproc_per_node}",
+        f"--master_addr={master_addr}",
+        f"--master_port={port}",
+    ]
+
+
+def command(
+    env: Mapping[str, str], nproc_per_node: int, port: int, training_args: Sequence[str]
+) -> list[str]:
+    """The full command line: torchrun (as `python -m torch.distributed.run`) over harness.train."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *torchrun_args(env, nproc_per_node, port),
+        "-m",
+        "harness.train",
+        *training_args,
+    ]
+
+
+def _default_nproc() -> int:
+    import torch
+
+    # One worker per visible GPU; a CPU-only machine runs a single worker.
+    return max(torch.cuda.device_count(), 1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, training = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.launch",
+        description="Run harness.train under torchrun; arguments after `--` go to harness.train.",
+    )
+    parser.add_argument(
+        "--nproc-per-node", type=int, default=None, help="workers on this node (default: GPUs)"
+    )
+    parser.add_argument("--port", type=int, default=29500, help="rendezvous port on the main host")
+    parser.add_argument(
+        "--print", action="store_true", help="print the command instead of running it"
+    )
+    args = parser.parse_args(own)
+    nproc = args.nproc_per_node if args.nproc_per_node is not None else _default_nproc()
+    try:
+        cmd = command(os.environ, nproc, args.port, training)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.print:
+        print(shlex.join(cmd))
+        return
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()
