@@ -1,0 +1,271 @@
+"""Box and mask heads on FPN levels P2-P5: matching, sampling, targets, losses and inference.
+
+Training runs on padded [B, P] proposal tensors (matching and sampling for the whole batch at once), then
+on one flat list of sampled ROIs pooled from all levels in a single multilevel ROIAlign call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness import ops
+from harness.config import ROIHeadsConfig
+from harness.data.batch import Polygons
+from harness.model.matching import box_iou, match, rank_within_group, sample_balanced
+
+
+def _conv_norm(cin: int, cout: int, norm: str) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    layers: list[nn.Module] = [conv]
+    if norm == "gn":
+        layers.append(nn.GroupNorm(32, cout))
+    elif norm:
+        raise ValueError(f"roi_heads.mask_norm must be '' or 'gn', got {norm!r}")
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class BoxHead(nn.Module):
+    """Two FC layers of mlp_head_dim, then class logits and per-class box deltas."""
+
+    def __init__(self, in_channels: int, resolution: int, dim: int, num_classes: int):
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels * resolution * resolution, dim)
+        self.fc7 = nn.Linear(dim, dim)
+        for fc in (self.fc6, self.fc7):
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+        self.cls_score = nn.Linear(dim, num_classes)
+        self.bbox_pred = nn.Linear(dim, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        x = F.relu(self.fc6(pooled.flatten(1)))
+        x = F.relu(self.fc7(x))
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class MaskHead(nn.Module):
+    """4 conv 3x3 + ReLU, a 2x deconvolution + ReLU, and a 1x1 conv to one mask per class."""
+
+    def __init__(self, in_channels: int, dims: tuple[int, ...], num_classes: int, norm: str):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for dim in dims:
+            layers += _conv_norm(in_channels, dim, norm)
+            in_channels = dim
+        self.convs = nn.Sequential(*layers)
+        self.deconv = nn.ConvTranspose2d(in_channels, in_channels, 2, stride=2)
+        self.predictor = nn.Conv2d(in_channels, num_classes, 1)
+        for layer in (self.deconv, self.predictor):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.predictor(F.relu(self.deconv(self.convs(pooled))))
+
+
+@dataclass
+class Detections:
+    """Per-image detections in resized-image pixels.
+
+    boxes: Tensor[D, 4] (x1, y1, x2, y2); scores: Tensor[D]; labels: Tensor[D] int64 (1..C-1);
+    masks: Tensor[D, M, M] float probabilities in the box's frame (paste with `paste_masks`).
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    masks: Tensor
+
+
+class ROIHeads(nn.Module):
+    def __init__(self, cfg: ROIHeadsConfig, in_channels: int, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.box_head = BoxHead(
+            in_channels, cfg.box_pooler_resolution, cfg.mlp_head_dim, num_classes
+        )
+        self.mask_head = MaskHead(in_channels, cfg.mask_conv_dims, num_classes, cfg.mask_norm)
+
+    def _pool(self, features: list[Tensor], rois: Tensor, resolution: int) -> Tensor:
+        cfg = self.cfg
+        return ops.multilevel_roi_align(
+            features[: len(cfg.pooler_scales)],
+            rois.to(features[0].dtype),
+            resolution,
+            list(cfg.pooler_scales),
+            cfg.pooler_sampling_ratio,
+        )
+
+    def forward_train(
+        self,
+        features: list[Tensor],
+        proposals: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        gt_valid: Tensor,
+        polygons: Polygons,
+        object_offsets: Tensor,
+    ) -> dict[str, Tensor]:
+        """proposals: Tensor[K, 5] grouped by image; gt_*: padded [B, G, ...] ground truth;
+        polygons: all images' objects concatenated, image b's objects starting at object_offsets[b]."""
+        cfg = self.cfg
+        batch = gt_boxes.shape[0]
+        boxes, valid = _pad_proposals(proposals, batch)
+        # The reference adds the ground truth to the proposals of each image.
+        boxes = torch.cat([boxes, gt_boxes.to(boxes.dtype)], dim=1)
+        valid = torch.cat([valid, gt_valid], dim=1)
+
+        iou = box_iou(gt_boxes, boxes)
+        matches = match(iou, gt_valid, cfg.fg_iou_thresh, cfg.bg_iou_thresh, False)
+        labels = (matches >= 0).to(torch.int64)
+        labels[~valid] = -1
+        keys = torch.rand(labels.shape, device=labels.device)
+        pos_idx, pos_valid, neg_idx, neg_valid = sample_balanced(
+            labels, cfg.batch_size_per_image, cfg.positive_fraction, keys
+        )
+
+        image_idx = torch.arange(batch, device=boxes.device)[:, None]
+        pos_b, pos_slot = (image_idx.expand_as(pos_idx)[pos_valid], pos_idx[pos_valid])
+        neg_b, neg_slot = (image_idx.expand_as(neg_idx)[neg_valid], neg_idx[neg_valid])
+        pos_gt = matches[pos_b, pos_slot]
+        pos_boxes = boxes[pos_b, pos_slot]
+        pos_labels = gt_labels[pos_b, pos_gt]
+        sampled_b = torch.cat([pos_b, neg_b])
+        sampled_boxes = torch.cat([pos_boxes, boxes[neg_b, neg_slot]])
+        sampled_labels = torch.cat([pos_labels, torch.zeros_like(neg_b)])
+        rois = torch.cat([sampled_b[:, None].to(sampled_boxes.dtype), sampled_boxes], dim=1)
+        num_sampled = max(rois.shape[0], 1)
+        num_pos = pos_b.numel()
+
+        class_logits, box_deltas = self.box_head(
+            self._pool(features, rois, cfg.box_pooler_resolution)
+        )
+        loss_cls = F.cross_entropy(class_logits.float(), sampled_labels)
+        reg_targets = ops.encode_boxes(gt_boxes[pos_b, pos_gt], pos_boxes, cfg.bbox_reg_weights)
+        pos_deltas = box_deltas[:num_pos].view(num_pos, -1, 4)
+        pos_deltas = pos_deltas[torch.arange(num_pos, device=rois.device), pos_labels].float()
+        loss_box = (
+            F.smooth_l1_loss(pos_deltas, reg_targets, beta=cfg.box_smooth_l1_beta, reduction="sum")
+            / num_sampled
+        )
+
+        mask_logits = self.mask_head(
+            self._pool(features, rois[:num_pos], cfg.mask_pooler_resolution)
+        )
+        if num_pos == 0:
+            loss_mask = mask_logits.sum() * 0
+        else:
+            targets = ops.mask_targets(
+                polygons, pos_boxes.float(), object_offsets[pos_b] + pos_gt, cfg.mask_resolution
+            )
+            picked = mask_logits[torch.arange(num_pos, device=rois.device), pos_labels]
+            loss_mask = F.binary_cross_entropy_with_logits(picked.float(), targets)
+        return {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_mask": loss_mask}
+
+    @torch.no_grad()
+    def forward_test(
+        self, features: list[Tensor], proposals: Tensor, image_sizes: Tensor
+    ) -> list[Detections]:
+        """proposals: Tensor[K, 5] grouped by image; image_sizes: Tensor[B, 2] (h, w)."""
+        cfg = self.cfg
+        batch = image_sizes.shape[0]
+        num_classes = self.num_classes
+        class_logits, box_deltas = self.box_head(
+            self._pool(features, proposals, cfg.box_pooler_resolution)
+        )
+        probs = F.softmax(class_logits.float(), dim=1)
+        boxes = ops.decode_boxes(box_deltas.float(), proposals[:, 1:].float(), cfg.bbox_reg_weights)
+        boxes = boxes.view(-1, num_classes, 4)
+        image_idx = proposals[:, 0].long()
+        hw = image_sizes.to(boxes.dtype)[image_idx]
+        upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=1)[:, None, :] - 1
+        boxes = torch.minimum(boxes.clamp(min=0), upper)
+
+        # Class 0 is background; keep (roi, class) pairs above the score threshold.
+        cand_roi, cand_cls = torch.nonzero(probs[:, 1:] > cfg.score_thresh, as_tuple=True)
+        cand_cls = cand_cls + 1
+        cand_boxes = boxes[cand_roi, cand_cls]
+        cand_scores = probs[cand_roi, cand_cls]
+        cand_image = image_idx[cand_roi]
+        keep = ops.batched_nms(
+            cand_boxes, cand_scores, cand_image * num_classes + cand_cls, cfg.nms_thresh
+        )
+        keep = keep[rank_within_group(cand_image[keep]) < cfg.detections_per_img]
+        keep = keep[torch.argsort(cand_image[keep], stable=True)]
+        det_boxes, det_scores = cand_boxes[keep], cand_scores[keep]
+        det_labels, det_image = cand_cls[keep], cand_image[keep]
+
+        rois = torch.cat([det_image[:, None].to(det_boxes.dtype), det_boxes], dim=1)
+        mask_logits = self.mask_head(self._pool(features, rois, cfg.mask_pooler_resolution))
+        masks = mask_logits[torch.arange(rois.shape[0], device=rois.device), det_labels]
+        masks = masks.float().sigmoid()
+
+        counts = torch.bincount(det_image, minlength=batch).tolist()
+        return [
+            Detections(*parts)
+            for parts in zip(
+                det_boxes.split(counts),
+                det_scores.split(counts),
+                det_labels.split(counts),
+                masks.split(counts),
+                strict=True,
+            )
+        ]
+
+
+def _pad_proposals(proposals: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """Tensor[K, 5] grouped by image -> (boxes Tensor[B, P, 4], valid Tensor[B, P] bool)."""
+    image_idx = proposals[:, 0].long()
+    counts = torch.bincount(image_idx, minlength=batch)
+    width = int(counts.max()) if proposals.shape[0] else 0
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(proposals.shape[0], device=proposals.device) - starts[image_idx]
+    boxes = proposals.new_zeros(batch, width, 4)
+    valid = torch.zeros(batch, width, dtype=torch.bool, device=proposals.device)
+    boxes[image_idx, slot] = proposals[:, 1:]
+    valid[image_idx, slot] = True
+    return boxes, valid
+
+
+def paste_masks(
+    masks: Tensor, boxes: Tensor, height: int, width: int, threshold: float = 0.5
+) -> Tensor:
+    """Paste M x M mask probabilities into a (height, width) image, as the reference does: pad the
+    mask by one pixel, enlarge the box to match, resize bilinearly to the integer box, threshold.
+
+    masks: Tensor[D, M, M] float; boxes: Tensor[D, 4] in the target image's pixels.
+    Returns Tensor[D, height, width] bool.
+    """
+    out = torch.zeros(masks.shape[0], height, width, dtype=torch.bool, device=masks.device)
+    if masks.shape[0] == 0:
+        return out
+    m = masks.shape[-1]
+    scale = (m + 2.0) / m
+    padded = F.pad(masks, (1, 1, 1, 1))
+    center = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.5 * scale
+    # Truncation toward zero, as the reference's int32 cast.
+    boxes_int = torch.cat([center - half, center + half], dim=1).long().tolist()
+    for i, (x1, y1, x2, y2) in enumerate(boxes_int):
+        w = max(x2 - x1 + 1, 1)
+        h = max(y2 - y1 + 1, 1)
+        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear")[0, 0]
+        sx1, sy1 = max(x1, 0), max(y1, 0)
+        sx2, sy2 = min(x2 + 1, width), min(y2 + 1, height)
+        if sx2 <= sx1 or sy2 <= sy1:
+            continue
+        out[i, sy1:sy2, sx1:sx2] = resized[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] > threshold
+    return out
