@@ -102,6 +102,7 @@ class DataConfig:
     flip_prob: float = 0.5
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
+    val_ims_per_batch: int = 2  # evaluation images per rank per batch
 
 
 @dataclass(frozen=True)

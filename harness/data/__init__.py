@@ -1,0 +1,155 @@
+"""Data loading: from a COCO-layout directory to `harness.data.batch.Batch`es.
+
+The trainer calls build_train_loader, build_val_loader, val_annotation_file and category_ids. The
+loader is DALI (dali_pipeline) or the plain PyTorch one (harness.data.loader), picked by
+cfg.data.loader; both apply the same transforms (harness.data.transforms) and the same annotation
+filtering (harness.data.coco) and differ only in how pixels are decoded and resized.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from harness.config import Config, DataConfig
+from harness.data.batch import Batch, Normalization
+from harness.data.coco import CocoDataError, category_ids, load_coco
+from harness.data.loader import CocoImages, TorchTrainLoader, TorchValLoader
+
+__all__ = [
+    "CocoDataError",
+    "TrainLoader",
+    "build_train_loader",
+    "build_val_loader",
+    "category_ids",
+    "resolve_loader",
+    "val_annotation_file",
+]
+
+
+class TrainLoader(Protocol):
+    """Iterates one epoch of `len()` Batches (CPU tensors, GPU images when DALI decodes on the GPU)."""
+
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Batch]: ...
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+def resolve_loader(data: DataConfig) -> str:
+    """ "dali" or "pytorch" for cfg.data.loader ("auto": DALI when it is importable)."""
+    if data.loader not in ("auto", "dali", "pytorch"):
+        raise ValueError(f"data.loader must be auto, dali or pytorch, got {data.loader!r}")
+    if data.loader == "auto":
+        return "dali" if importlib.util.find_spec("nvidia.dali") is not None else "pytorch"
+    return data.loader
+
+
+def _dali_settings(data: DataConfig, norm: Normalization):
+    from dali_pipeline.loader import DaliSettings
+
+    if data.decode_device not in ("auto", "mixed", "cpu"):
+        raise ValueError(
+            f"data.decode_device must be auto, mixed or cpu, got {data.decode_device!r}"
+        )
+    device = data.decode_device
+    if device == "auto":
+        device = "mixed" if torch.cuda.is_available() else "cpu"
+    if device == "mixed" and not torch.cuda.is_available():
+        raise ValueError("data.decode_device=mixed needs a CUDA GPU; none is visible")
+    return DaliSettings(
+        min_size=data.min_size,
+        max_size=data.max_size,
+        size_divisibility=data.size_divisibility,
+        flip_prob=data.flip_prob,
+        num_threads=max(1, data.num_workers),
+        decode_device=device,
+        device_id=torch.cuda.current_device() if device == "mixed" else None,
+        norm=norm,
+    )
+
+
+def _check(cfg: Config, world_size: int) -> int:
+    data = cfg.data
+    if not 0.0 <= data.flip_prob <= 1.0:
+        raise ValueError(f"data.flip_prob must be in [0, 1], got {data.flip_prob}")
+    if data.min_size < 1 or data.max_size < data.min_size:
+        raise ValueError(
+            f"need 1 <= data.min_size <= data.max_size, got {data.min_size}, {data.max_size}"
+        )
+    per_rank = cfg.solver.ims_per_batch // world_size
+    if per_rank < 1 or cfg.solver.ims_per_batch % world_size:
+        raise ValueError(
+            f"solver.ims_per_batch={cfg.solver.ims_per_batch} must be a positive multiple of the "
+            f"world size {world_size}"
+        )
+    return per_rank
+
+
+def build_train_loader(
+    cfg: Config, normalization: Normalization, rank: int, world_size: int, seed: int
+) -> TrainLoader:
+    """Training batches of `rank`: cfg.solver.ims_per_batch // world_size images each, resized, flipped
+    with probability cfg.data.flip_prob, aspect-ratio grouped; set_epoch(e) reshuffles from (seed, e)."""
+    per_rank = _check(cfg, world_size)
+    data = cfg.data
+    coco = load_coco(data.root, data.train_split, keep_empty_images=False)
+    if len(coco.records) // world_size < per_rank:
+        raise CocoDataError(
+            f"{coco.annotation_file}: {len(coco.records)} usable images are fewer than one batch of "
+            f"{per_rank} per rank on {world_size} ranks"
+        )
+    if resolve_loader(data) == "dali":
+        from dali_pipeline.loader import DaliTrainLoader
+
+        settings = _dali_settings(data, normalization)
+        return DaliTrainLoader(
+            coco, settings, per_rank, rank, world_size, seed, data.aspect_ratio_grouping
+        )
+    return TorchTrainLoader(
+        CocoImages(coco, data.min_size, data.max_size, normalization),
+        per_rank,
+        rank,
+        world_size,
+        seed,
+        data.flip_prob,
+        data.aspect_ratio_grouping,
+        data.size_divisibility,
+        data.num_workers,
+    )
+
+
+def build_val_loader(
+    cfg: Config, normalization: Normalization, rank: int, world_size: int
+) -> Iterable[Batch]:
+    """Evaluation batches of `rank` (cfg.data.val_ims_per_batch images, unflipped): the ranks' shards
+    partition the val images, in image id order, so each image is read exactly once."""
+    _check(cfg, world_size)
+    data = cfg.data
+    if data.val_ims_per_batch < 1:
+        raise ValueError(f"data.val_ims_per_batch must be >= 1, got {data.val_ims_per_batch}")
+    coco = load_coco(data.root, data.val_split, keep_empty_images=True)
+    if resolve_loader(data) == "dali":
+        from dali_pipeline.loader import DaliValLoader
+
+        settings = _dali_settings(data, normalization)
+        return DaliValLoader(coco, settings, data.val_ims_per_batch, rank, world_size)
+    return TorchValLoader(
+        CocoImages(coco, data.min_size, data.max_size, normalization),
+        data.val_ims_per_batch,
+        rank,
+        world_size,
+        data.size_divisibility,
+        data.num_workers,
+    )
+
+
+def val_annotation_file(cfg: Config) -> Path:
+    """The val split's original annotation file (what COCO evaluation scores against)."""
+    path = Path(cfg.data.root) / "annotations" / f"instances_{cfg.data.val_split}.json"
+    if not path.is_file():
+        raise CocoDataError(f"annotation file not found: {path}")
+    return path

@@ -1,0 +1,207 @@
+"""Iterators from the DALI pipeline to harness batches (train: grouped, endless; val: exactly once)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dali_pipeline.pipeline import READER, coco_pipeline
+from harness.data.batch import Batch, ImageTarget, Normalization
+from harness.data.coco import CocoDataError, CocoSet, write_clean_annotations
+from harness.data.sampler import AspectGrouper, iterations_per_epoch, shard_range
+from harness.data.transforms import make_target, pad_batch, resized_size
+
+
+@dataclass(frozen=True)
+class DaliSettings:
+    """What the pipeline needs besides the dataset (see dali_pipeline.pipeline.coco_pipeline)."""
+
+    min_size: int
+    max_size: int
+    size_divisibility: int
+    flip_prob: float
+    num_threads: int
+    decode_device: str  # cpu | mixed
+    device_id: int | None
+    norm: Normalization
+
+
+def _to_torch(tensor) -> Tensor:
+    """A copy of one DALI sample as a torch tensor on the same device: DALI reuses its buffers."""
+    return torch.from_dlpack(tensor).clone()
+
+
+class _Stream:
+    """Decoded samples of one pipeline, one at a time: (image float32 [3, h, w], ImageTarget)."""
+
+    def __init__(self, coco: CocoSet, settings: DaliSettings, **pipeline_args) -> None:
+        self.settings = settings
+        self.label_of = {cid: i + 1 for i, cid in enumerate(coco.category_ids)}
+        self.image_dir = coco.image_dir
+        self.pipe = coco_pipeline(
+            image_dir=str(coco.image_dir),
+            annotation_file=str(write_clean_annotations(coco)),
+            num_threads=settings.num_threads,
+            decode_device=settings.decode_device,
+            device_id=settings.device_id,
+            min_size=settings.min_size,
+            max_size=settings.max_size,
+            norm=settings.norm,
+            **pipeline_args,
+        )
+        size = self.pipe.reader_meta(READER)["epoch_size"]
+        if size != len(coco.records):
+            raise CocoDataError(
+                f"DALI's COCO reader sees {size} images in {coco.annotation_file}, "
+                f"the annotation parser {len(coco.records)}"
+            )
+
+    def _run(self) -> tuple:
+        try:
+            return self.pipe.run()
+        except RuntimeError as exc:
+            raise CocoDataError(f"DALI pipeline over {self.image_dir} failed: {exc}") from exc
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ImageTarget]]:
+        s = self.settings
+        while True:
+            images, boxes, cats, polys, verts, ids, shapes, flips = self._run()
+            for i in range(len(images)):
+                image = _to_torch(images[i])
+                orig_h, orig_w = (int(v) for v in np.asarray(shapes[i])[:2])
+                size = (int(image.shape[1]), int(image.shape[2]))
+                image_id = int(np.asarray(ids[i]).reshape(-1)[0])
+                if size != resized_size(orig_h, orig_w, s.min_size, s.max_size):
+                    raise AssertionError(f"image {image_id}: DALI resized to {size}")
+                # The reader's right/bottom edges are x + w; the harness convention is x + w - 1.
+                ltrb = np.asarray(boxes[i], dtype=np.float32).reshape(-1, 4) - [0, 0, 1, 1]
+                target = make_target(
+                    ltrb,
+                    np.asarray(cats[i]).reshape(-1),
+                    np.asarray(polys[i]),
+                    np.asarray(verts[i]),
+                    self.label_of,
+                    image_id,
+                    (orig_h, orig_w),
+                    size,
+                    bool(np.asarray(flips[i])),
+                )
+                yield image, target
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0] >> 1)
+
+
+class DaliTrainLoader:
+    """Training batches of one rank: `len()` batches per epoch, aspect-ratio grouped.
+
+    The reader reshuffles the whole set every epoch from the run's seed (the same order on every rank);
+    a run restarted with set_epoch(e) reseeds from (seed, e) and so is deterministic too, though it
+    does not replay the order of an uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        coco: CocoSet,
+        settings: DaliSettings,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        grouping: bool,
+    ) -> None:
+        shard_range(len(coco.records), rank, world_size)
+        self.coco, self.settings = coco, settings
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.length = iterations_per_epoch(len(coco.records), world_size, batch_size)
+        self.grouper: AspectGrouper[tuple[Tensor, ImageTarget]] = AspectGrouper(
+            batch_size, grouping
+        )
+        self.epoch = 0
+        self._start(0)
+
+    def _start(self, epoch: int) -> None:
+        self.grouper.clear()
+        stream = _Stream(
+            self.coco,
+            self.settings,
+            batch_size=self.batch_size,
+            shard_id=self.rank,
+            num_shards=self.world_size,
+            training=True,
+            seed=_seed(self.seed, epoch, self.rank),
+            shuffle_seed=_seed(self.seed, epoch),
+            flip_prob=self.settings.flip_prob,
+        )
+        self.samples = iter(stream)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Continue with `epoch`; any other epoch than the next one restarts the reader there."""
+        if epoch != self.epoch:
+            self._start(epoch)
+            self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        for _ in range(self.length):
+            for image, target in self.samples:
+                batch = self.grouper.push(
+                    (image, target), target.image_size[1] > target.image_size[0]
+                )
+                if batch is not None:
+                    break
+            images = pad_batch([b[0] for b in batch], self.settings.size_divisibility)
+            yield Batch(images, [b[1] for b in batch])
+        self.epoch += 1
+
+
+class DaliValLoader:
+    """Evaluation batches of one rank: its contiguous shard of the images in id order, each once."""
+
+    def __init__(
+        self, coco: CocoSet, settings: DaliSettings, batch_size: int, rank: int, world_size: int
+    ) -> None:
+        self.coco, self.settings = coco, settings
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        start, end = shard_range(len(coco.records), rank, world_size)
+        self.expected_ids = [r.image_id for r in coco.records[start:end]]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.expected_ids) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if not self.expected_ids:
+            return
+        # A fresh reader per pass starts at the shard's first image; the samples past the shard's end
+        # that fill its last pipeline batch are dropped below.
+        stream = _Stream(
+            self.coco,
+            self.settings,
+            batch_size=self.batch_size,
+            shard_id=self.rank,
+            num_shards=self.world_size,
+            training=False,
+            seed=0,
+            shuffle_seed=0,
+            flip_prob=0.0,
+        )
+        samples = iter(stream)
+        for first in range(0, len(self.expected_ids), self.batch_size):
+            want = self.expected_ids[first : first + self.batch_size]
+            got = [next(samples) for _ in want]
+            ids = [t.image_id for _, t in got]
+            if ids != want:
+                raise AssertionError(
+                    f"DALI val shard {self.rank} read images {ids}, expected {want}"
+                )
+            yield Batch(
+                pad_batch([g[0] for g in got], self.settings.size_divisibility), [g[1] for g in got]
+            )

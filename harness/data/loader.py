@@ -1,0 +1,190 @@
+"""The plain PyTorch loader: torch DataLoader workers, torchvision decoding, the shared transforms.
+
+For machines without DALI and as the benchmark baseline. Flip decisions are drawn in the main process
+(harness.data.sampler) and travel with the index, so batches do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torchvision.io
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from harness.data.batch import Batch, ImageTarget, Normalization
+from harness.data.coco import CocoDataError, CocoRecord, CocoSet
+from harness.data.sampler import GroupedIndexStream, iterations_per_epoch, shard_range
+from harness.data.transforms import make_target, normalize, pad_batch, resized_size
+
+
+def record_annotations(rec: CocoRecord) -> tuple[np.ndarray, np.ndarray]:
+    """A record's polygons as (ranges int64 [P, 3] of (object, first vertex, end vertex),
+    vertices float32 [V, 2]): the layout DALI's COCO reader emits."""
+    ranges, verts, start = [], [], 0
+    for obj, polys in enumerate(rec.polygons):
+        for poly in polys:
+            count = poly.size // 2
+            ranges.append((obj, start, start + count))
+            verts.append(poly.reshape(-1, 2))
+            start += count
+    return (
+        np.array(ranges, dtype=np.int64).reshape(-1, 3),
+        np.concatenate(verts).astype(np.float32) if verts else np.zeros((0, 2), np.float32),
+    )
+
+
+class CocoImages(Dataset):
+    """Indexed by (record index, flip): returns (image float32 [3, h, w] normalized, ImageTarget)."""
+
+    def __init__(self, coco: CocoSet, min_size: int, max_size: int, norm: Normalization) -> None:
+        self.coco = coco
+        self.min_size, self.max_size = min_size, max_size
+        self.norm = norm
+        self.label_of = {cid: i + 1 for i, cid in enumerate(coco.category_ids)}
+
+    def __len__(self) -> int:
+        return len(self.coco.records)
+
+    def read_image(self, rec: CocoRecord) -> Tensor:
+        """uint8 [3, H, W] RGB; raises CocoDataError naming the file when it does not decode to the
+        size the annotation file states."""
+        path = self.coco.image_dir / rec.file_name
+        try:
+            image = torchvision.io.decode_image(
+                torchvision.io.read_file(str(path)), mode=torchvision.io.ImageReadMode.RGB
+            )
+        except RuntimeError as exc:
+            raise CocoDataError(
+                f"cannot decode image {path} (image id {rec.image_id}): {exc}"
+            ) from exc
+        if tuple(image.shape[1:]) != (rec.height, rec.width):
+            raise CocoDataError(
+                f"image {path} is {image.shape[2]}x{image.shape[1]} (WxH) but "
+                f"{self.coco.annotation_file} says {rec.width}x{rec.height}"
+            )
+        return image
+
+    def __getitem__(self, key: tuple[int, bool]) -> tuple[Tensor, ImageTarget]:
+        index, flip = key
+        rec = self.coco.records[index]
+        size = resized_size(rec.height, rec.width, self.min_size, self.max_size)
+        image = TF.resize(self.read_image(rec), list(size), antialias=True)
+        if flip:
+            image = image.flip(-1)
+        ranges, verts = record_annotations(rec)
+        target = make_target(
+            rec.boxes,
+            rec.category_ids,
+            ranges,
+            verts,
+            self.label_of,
+            rec.image_id,
+            (rec.height, rec.width),
+            size,
+            flip,
+        )
+        return normalize(image, self.norm), target
+
+
+class _Collate:
+    def __init__(self, size_divisibility: int) -> None:
+        self.size_divisibility = size_divisibility
+
+    def __call__(self, samples: list[tuple[Tensor, ImageTarget]]) -> Batch:
+        return Batch(
+            pad_batch([s[0] for s in samples], self.size_divisibility), [s[1] for s in samples]
+        )
+
+
+class _EpochBatches:
+    """The batch sampler of one epoch: `length` batches pulled from the rank's grouped stream."""
+
+    def __init__(self, stream: GroupedIndexStream, length: int) -> None:
+        self.stream, self.length = stream, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        for _ in range(self.length):
+            yield self.stream.next_batch()
+
+
+class TorchTrainLoader:
+    """Training batches of one rank: `len()` batches per epoch of `batch_size` images each."""
+
+    def __init__(
+        self,
+        dataset: CocoImages,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        flip_prob: float,
+        grouping: bool,
+        size_divisibility: int,
+        num_workers: int,
+    ) -> None:
+        recs = dataset.coco.records
+        landscape = np.array([r.width > r.height for r in recs], dtype=bool)
+        self.stream = GroupedIndexStream(
+            landscape, batch_size, rank, world_size, seed, flip_prob, grouping
+        )
+        self.batches = _EpochBatches(
+            self.stream, iterations_per_epoch(len(recs), world_size, batch_size)
+        )
+        self.epoch = 0
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.batches,
+            num_workers=num_workers,
+            collate_fn=_Collate(size_divisibility),
+            persistent_workers=num_workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Continue with `epoch`; any other epoch than the next one restarts the order there."""
+        if epoch != self.epoch:
+            self.stream.restart(epoch)
+            self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        yield from self.loader
+        self.epoch += 1
+
+
+class TorchValLoader:
+    """Evaluation batches of one rank: its contiguous shard of the images in id order, unflipped."""
+
+    def __init__(
+        self,
+        dataset: CocoImages,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        size_divisibility: int,
+        num_workers: int,
+    ) -> None:
+        start, end = shard_range(len(dataset), rank, world_size)
+        keys = [(i, False) for i in range(start, end)]
+        batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+        self.num_batches = math.ceil(len(keys) / batch_size)
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=num_workers,
+            collate_fn=_Collate(size_divisibility),
+        )
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.loader)

@@ -1,0 +1,126 @@
+"""The transforms both loaders share: output size, target resize + flip, normalization, padding.
+
+Order and conventions follow the MLPerf reference: resize (shorter side to min_size, longer side at most
+max_size), then horizontal flip in resized-image pixels with x' = W - 1 - x (the +1 convention of
+`harness.data.coco`), then normalization, then zero padding of the batch to a multiple of
+size_divisibility (bottom and right).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harness.data.batch import ImageTarget, Normalization, Polygons
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(height, width) after resizing: shorter side to min_size unless the longer would exceed max_size.
+
+    The reference's rule (maskrcnn-benchmark `Resize.get_size`), evaluated in float32 with
+    round-half-up and truncation so that the DALI graph (`dali_pipeline.pipeline`) computes the same.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got height={height}, width={width}")
+    f32 = np.float32
+    short, long = f32(min(height, width)), f32(max(height, width))
+    size = f32(min_size)
+    if long / short * size > f32(max_size):
+        size = f32(math.floor(f32(max_size) * short / long + f32(0.5)))
+    if width < height:
+        return int(f32(size) * f32(height) / f32(width)), int(size)
+    return int(size), int(f32(size) * f32(width) / f32(height))
+
+
+def make_target(
+    boxes: np.ndarray,
+    category_ids: np.ndarray,
+    poly_ranges: np.ndarray,
+    vertices: np.ndarray,
+    label_of: dict[int, int],
+    image_id: int,
+    orig_size: tuple[int, int],
+    image_size: tuple[int, int],
+    flip: bool,
+) -> ImageTarget:
+    """The ImageTarget of one image, from annotations in original-image pixels.
+
+    boxes:        float32 [N, 4] (x1, y1, x2, y2), original pixels, +1 convention
+    category_ids: int [N] COCO category ids, mapped through `label_of` to contiguous labels
+    poly_ranges:  int [P, 3] rows (object index, first vertex, end vertex), objects in order
+    vertices:     float32 [V, 2] (x, y) original pixels
+    orig_size, image_size: (height, width) before and after resizing
+    flip:         mirror horizontally after resizing
+    """
+    (oh, ow), (nh, nw) = orig_size, image_size
+    scale = np.array([nw / ow, nh / oh], dtype=np.float32)
+    boxes = boxes.reshape(-1, 4).astype(np.float32) * np.tile(scale, 2)
+    verts = vertices.reshape(-1, 2).astype(np.float32) * scale
+    if flip:
+        boxes = np.stack([nw - 1 - boxes[:, 2], boxes[:, 1], nw - 1 - boxes[:, 0], boxes[:, 3]], 1)
+        verts = np.stack([nw - 1 - verts[:, 0], verts[:, 1]], 1)
+    try:
+        labels = [label_of[int(c)] for c in category_ids]
+    except KeyError as exc:
+        raise ValueError(
+            f"image {image_id}: category id {exc.args[0]} is not in the dataset"
+        ) from exc
+    num_objects = boxes.shape[0]
+    poly_ranges = poly_ranges.reshape(-1, 3).astype(np.int64)
+    # Polygons come grouped by object; counting them per object gives the object offsets.
+    per_object = np.bincount(poly_ranges[:, 0], minlength=num_objects)
+    if per_object.shape[0] != num_objects or (per_object == 0).any():
+        raise ValueError(f"image {image_id}: every object needs at least one polygon")
+    # Vertices of the kept polygons, in polygon order (a reader may list vertices of skipped ones).
+    index = np.concatenate([np.arange(s, e) for _, s, e in poly_ranges]) if len(poly_ranges) else []
+    lengths = poly_ranges[:, 2] - poly_ranges[:, 1]
+    polygons = Polygons(
+        torch.from_numpy(np.ascontiguousarray(verts[np.asarray(index, dtype=np.int64)])),
+        torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)),
+        torch.from_numpy(np.concatenate([[0], np.cumsum(per_object)]).astype(np.int64)),
+    )
+    return ImageTarget(
+        boxes=torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        polygons=polygons,
+        image_id=int(image_id),
+        image_size=(int(nh), int(nw)),
+        orig_size=(int(oh), int(ow)),
+        flipped=bool(flip),
+    )
+
+
+def pixel_scale(norm: Normalization) -> tuple[list[float], list[float]]:
+    """Mean and std expressed on the 0-255 scale, in the channel order the backbone reads."""
+    factor = 1.0 if norm.bgr255 else 255.0
+    return [m * factor for m in norm.mean], [s * factor for s in norm.std]
+
+
+def normalize(image: Tensor, norm: Normalization) -> Tensor:
+    """uint8 [3, H, W] RGB -> float32 [3, H, W] in the backbone's format (see Normalization)."""
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be uint8 [3, H, W], got {image.dtype} {tuple(image.shape)}")
+    mean, std = pixel_scale(norm)
+    x = image.float()
+    if norm.bgr255:
+        x = x.flip(0)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def pad_batch(images: list[Tensor], size_divisibility: int) -> Tensor:
+    """float [B, 3, H, W]: images placed top-left, zero padded to the largest size rounded up to a
+    multiple of size_divisibility (0 or 1: no rounding)."""
+    if not images:
+        raise ValueError("pad_batch needs at least one image")
+    height = max(int(img.shape[-2]) for img in images)
+    width = max(int(img.shape[-1]) for img in images)
+    if size_divisibility > 1:
+        height = math.ceil(height / size_divisibility) * size_divisibility
+        width = math.ceil(width / size_divisibility) * size_divisibility
+    out = images[0].new_zeros((len(images), 3, height, width))
+    for i, img in enumerate(images):
+        out[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
+    return out
