@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+
+from harness.data.synthetic import CATEGORIES, generate, main
+from tests.data.conftest import TRAIN, VAL
+
+
+def test_layout_is_readable_by_pycocotools(tiny_coco):
+    for split, count in (("train2017", TRAIN), ("val2017", VAL)):
+        coco = COCO(str(tiny_coco / "annotations" / f"instances_{split}.json"))
+        assert len(coco.imgs) == count
+        assert sorted(coco.getCatIds()) == sorted(c for c, _ in CATEGORIES)
+        for img in coco.imgs.values():
+            with Image.open(tiny_coco / split / img["file_name"]) as im:
+                assert im.format == "JPEG"
+                assert im.size == (img["width"], img["height"])
+
+
+def test_category_ids_are_not_contiguous():
+    ids = sorted(c for c, _ in CATEGORIES)
+    assert ids != list(range(1, len(ids) + 1))
+
+
+def test_annotations_are_consistent(tiny_coco):
+    coco = COCO(str(tiny_coco / "annotations" / "instances_train2017.json"))
+    assert len(coco.anns) > TRAIN
+    for ann in coco.anns.values():
+        img = coco.imgs[ann["image_id"]]
+        (poly,) = ann["segmentation"]
+        pts = np.array(poly).reshape(-1, 2)
+        assert pts.shape[0] >= 3 and ann["iscrowd"] == 0 and ann["area"] > 0
+        x, y, w, h = ann["bbox"]
+        assert w > 0 and h > 0
+        np.testing.assert_allclose(pts.min(0), [x, y], atol=0.02)
+        np.testing.assert_allclose(pts.max(0), [x + w, y + h], atol=0.02)
+        assert (pts >= 0).all() and (pts <= [img["width"], img["height"]]).all()
+        # The polygon's area is what the rasterized mask covers (up to the border pixels).
+        mask = coco.annToMask(ann)
+        assert abs(int(mask.sum()) - ann["area"]) <= 0.15 * ann["area"] + 2 * (w + h)
+
+
+def test_some_images_are_empty_and_both_orientations_occur(tiny_coco):
+    coco = COCO(str(tiny_coco / "annotations" / "instances_val2017.json"))
+    empty = [i for i in coco.imgs if not coco.getAnnIds(imgIds=[i])]
+    assert len(empty) == 1
+    shapes = {(img["width"] > img["height"]) for img in coco.imgs.values()}
+    assert shapes == {True, False}
+
+
+def test_same_seed_same_set_other_seed_differs(tmp_path):
+    a = generate(tmp_path / "a", train=3, val=1, seed=3, size=48)
+    b = generate(tmp_path / "b", train=3, val=1, seed=3, size=48)
+    c = generate(tmp_path / "c", train=3, val=1, seed=4, size=48)
+    name = "annotations/instances_train2017.json"
+    assert (a / name).read_text() == (b / name).read_text()
+    assert (a / name).read_text() != (c / name).read_text()
+    first = "train2017/000000000001.jpg"
+    assert (a / first).read_bytes() == (b / first).read_bytes()
+
+
+def test_cli_writes_the_requested_counts(tmp_path):
+    main(["--out", str(tmp_path), "--train", "2", "--val", "1", "--seed", "0", "--size", "40"])
+    doc = json.loads((tmp_path / "annotations/instances_val2017.json").read_text())
+    assert [img["id"] for img in doc["images"]] == [3]
+    assert len(list((tmp_path / "train2017").glob("*.jpg"))) == 2
