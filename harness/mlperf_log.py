@@ -34,6 +34,48 @@ _CALLER_DEPTH = 3
 _logger_ids = itertools.count()
 
 
+def _is_integer(value: float) -> bool:
+    # The checker's tolerance: 0.06 / 0.02 is 2.9999999999999996 in floating point.
+    return abs(round(value) - value) < 1e-5
+
+
+def closed_division_problems(cfg: Config) -> list[str]:
+    """Why `cfg` is not a closed-division Mask R-CNN run ([] when it is).
+
+    Covers what the 3.1.0 checker verifies (so a closed run fails at start-up, not after hours)
+    and the reference settings the rules fix that the log cannot show (image size, optimizer,
+    augmentation, backbone).
+    """
+    solver, rpn = cfg.solver, cfg.model.rpn
+    checks = [
+        (
+            _is_integer(solver.base_lr / 0.02)
+            or (solver.ims_per_batch < 16 and _is_integer(0.02 / solver.base_lr)),
+            f"solver.base_lr={solver.base_lr} is neither 0.02·K nor (batch < 16) 0.02/K",
+        ),
+        (len(solver.steps) == 2, f"solver.steps={list(solver.steps)} must hold exactly two steps"),
+        (solver.gamma == 0.1, f"solver.gamma={solver.gamma} must be 0.1"),
+        (solver.warmup_iters >= 0, f"solver.warmup_iters={solver.warmup_iters} must be >= 0"),
+        (solver.warmup_factor > 0, f"solver.warmup_factor={solver.warmup_factor} must be > 0"),
+        (
+            _is_integer(rpn.post_nms_top_n_train / 1000.0),
+            f"model.rpn.post_nms_top_n_train={rpn.post_nms_top_n_train} must be a multiple of 1000",
+        ),
+        (solver.momentum == 0.9, f"solver.momentum={solver.momentum} must be 0.9"),
+        (solver.weight_decay == 1e-4, f"solver.weight_decay={solver.weight_decay} must be 1e-4"),
+        (
+            (cfg.data.min_size, cfg.data.max_size) == (800, 1333),
+            f"data.min_size/max_size={cfg.data.min_size}/{cfg.data.max_size} must be 800/1333",
+        ),
+        (cfg.data.flip_prob == 0.5, f"data.flip_prob={cfg.data.flip_prob} must be 0.5"),
+        (
+            cfg.model.backbone.depth == 50,
+            f"model.backbone.depth={cfg.model.backbone.depth} must be 50",
+        ),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
 class MLPerfLogger:
     """`:::MLLOG` writer for one run.
 
@@ -175,6 +217,13 @@ class MLPerfLogger:
                 f"run.submission_status must be one of {SUBMISSION_STATUSES}, "
                 f"got {cfg.run.submission_status!r}"
             )
+        if cfg.run.division == "closed":
+            problems = closed_division_problems(cfg)
+            if problems:
+                raise ValueError(
+                    "config breaks the closed-division rules (set run.division=open or fix): "
+                    + "; ".join(problems)
+                )
         solver = cfg.solver
         per_step = world_size * solver.gradient_accumulation_steps
         if world_size <= 0 or solver.ims_per_batch % per_step:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import config
-from harness.mlperf_log import MLPerfLogger
+from harness.mlperf_log import MLPerfLogger, closed_division_problems
 
 CLOSED_OVERRIDES = ("run.platform=test-host-1xCPU",)
 OPEN_OVERRIDES = (
@@ -162,3 +162,30 @@ def test_bad_arguments(tmp_path):
         log.log_hyperparameters(cfg, 4, seed=1, train_samples=1, eval_samples=1)
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         MLPerfLogger(tmp_path / "no_such_dir" / "mlperf.log")
+
+
+def test_closed_rules_checked_before_logging(tmp_path):
+    assert closed_division_problems(config.load()) == []
+    # Tunable in the closed division: batch, LR multiples, candidates in thousands.
+    tuned = (
+        "solver.ims_per_batch=48",
+        "solver.base_lr=0.06",
+        "model.rpn.post_nms_top_n_train=6000",
+    )
+    assert closed_division_problems(config.load(None, tuned)) == []
+    assert (
+        closed_division_problems(
+            config.load(None, ("solver.ims_per_batch=8", "solver.base_lr=0.005"))
+        )
+        == []
+    )
+    problems = closed_division_problems(config.load(None, OPEN_OVERRIDES[2:]))
+    assert [p.split("=")[0] for p in problems] == [
+        "solver.base_lr",
+        "solver.steps",
+        "model.rpn.post_nms_top_n_train",
+        "data.min_size/max_size",
+    ]
+    closed_but_small = config.load(None, ("run.platform=x", "data.min_size=256"))
+    with pytest.raises(ValueError, match=r"data\.min_size/max_size=256/1333"):
+        MLPerfLogger(tmp_path / "mlperf.log").log_hyperparameters(closed_but_small, 1, 1, 1, 1)
