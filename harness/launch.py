@@ -13,6 +13,10 @@ A Backend.AI cluster session sets, in every container:
   BACKENDAI_CLUSTER_LOCAL_RANK  0-based index over the whole cluster; the main container is 0
 They map onto torchrun as --nnodes = SIZE, --node_rank = LOCAL_RANK, --master_addr = the main host.
 Without these variables the job runs on this node alone.
+
+A batch session runs its startup command in the main container only: there, `--spawn-subs` also
+starts the job on every sub container over the cluster's SSH (see sub_node_commands) and waits
+for all of them; `--forward-env NAME` copies a variable such as DATADIR to them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -171,6 +176,88 @@ def command(
     ]
 
 
+def sub_node_commands(
+    env: Mapping[str, str],
+    nproc_per_node: int,
+    port: int,
+    training_args: Sequence[str],
+    workdir: str,
+    forward_env: Sequence[str] = (),
+) -> list[list[str]]:
+    """The ssh command lines, one per sub container, that start this job there; run on main1.
+
+    Backend.AI runs a batch session's startup command in the main container only and sets up
+    password-less SSH between the containers of a cluster session, so the main container starts
+    the others. Their node ranks are assigned here (1..N-1 in BACKENDAI_CLUSTER_HOSTS order) and
+    passed on the remote command line with the other BACKENDAI_CLUSTER_* values, because a login
+    over SSH need not carry the container's environment. forward_env names further variables
+    (e.g. DATADIR) copied from env into every remote command. Returns [] for a one-node job.
+    """
+    nnodes, node_rank, main_host = cluster_layout(env)
+    if nnodes == 1:
+        return []
+    if node_rank != 0:
+        raise ClusterEnvError(
+            "sub nodes are started from the main container, but this is "
+            f"BACKENDAI_CLUSTER_HOST={env['BACKENDAI_CLUSTER_HOST']!r} "
+            f"(BACKENDAI_CLUSTER_ROLE={env['BACKENDAI_CLUSTER_ROLE']!r})"
+        )
+    missing = [name for name in forward_env if name not in env]
+    if missing:
+        raise ValueError(f"variables to forward are not set: {', '.join(missing)}")
+    hosts = [h.strip() for h in env["BACKENDAI_CLUSTER_HOSTS"].split(",")]
+    commands = []
+    for rank, host in enumerate((h for h in hosts if h != main_host), start=1):
+        assignments = {
+            "BACKENDAI_CLUSTER_SIZE": str(nnodes),
+            "BACKENDAI_CLUSTER_HOSTS": ",".join(hosts),
+            "BACKENDAI_CLUSTER_HOST": host,
+            "BACKENDAI_CLUSTER_ROLE": SUB_ROLE,
+            "BACKENDAI_CLUSTER_IDX": str(rank),
+            "BACKENDAI_CLUSTER_LOCAL_RANK": str(rank),
+            **{name: env[name] for name in forward_env},
+        }
+        remote = shlex.join(
+            [
+                "env",
+                *(f"{k}={v}" for k, v in assignments.items()),
+                sys.executable,
+                "-m",
+                "harness.launch",
+                f"--nproc-per-node={nproc_per_node}",
+                f"--port={port}",
+                "--",
+                *training_args,
+            ]
+        )
+        # BatchMode: fail at once instead of prompting when the cluster keys are not in place.
+        commands.append(
+            ["ssh", "-o", "BatchMode=yes", host, f"cd {shlex.quote(workdir)} && exec {remote}"]
+        )
+    return commands
+
+
+def _run_cluster(local: list[str], subs: list[list[str]], grace_s: float = 600.0) -> int:
+    """Start the sub nodes, run this node's share, and return the first failing exit status.
+
+    When this node fails (or is interrupted) the subs are stopped: they would otherwise wait on a
+    rendezvous that cannot complete. After a success they get grace_s to finish their side.
+    """
+    remote = [subprocess.Popen(cmd) for cmd in subs]
+    status = 1
+    try:
+        status = subprocess.run(local).returncode
+    finally:
+        codes = []
+        for p in remote:
+            try:
+                codes.append(p.wait(timeout=grace_s if status == 0 else 0))
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                codes.append(p.wait())
+    return next((c for c in (status, *codes) if c != 0), 0)
+
+
 def _default_nproc() -> int:
     import torch
 
@@ -192,18 +279,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--port", type=int, default=29500, help="rendezvous port on the main host")
     parser.add_argument(
-        "--print", action="store_true", help="print the command instead of running it"
+        "--spawn-subs",
+        action="store_true",
+        help="in a cluster session's main container: also start the job on every sub over SSH",
+    )
+    parser.add_argument(
+        "--forward-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --spawn-subs: copy this variable to the sub containers (repeatable)",
+    )
+    parser.add_argument(
+        "--print", action="store_true", help="print the command(s) instead of running them"
     )
     args = parser.parse_args(own)
     nproc = args.nproc_per_node if args.nproc_per_node is not None else _default_nproc()
     try:
         cmd = command(os.environ, nproc, args.port, training)
+        subs = (
+            sub_node_commands(os.environ, nproc, args.port, training, os.getcwd(), args.forward_env)
+            if args.spawn_subs
+            else []
+        )
     except ValueError as exc:
         parser.error(str(exc))
     if args.print:
-        print(shlex.join(cmd))
+        for line in [*subs, cmd]:
+            print(shlex.join(line))
         return
     sys.stdout.flush()
+    if subs:
+        sys.exit(_run_cluster(cmd, subs))
     os.execv(cmd[0], cmd)
 
 

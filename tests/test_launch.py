@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
-from harness.launch import ClusterEnvError, cluster_layout, command, torchrun_args
+from harness.launch import (
+    ClusterEnvError,
+    _run_cluster,
+    cluster_layout,
+    command,
+    sub_node_commands,
+    torchrun_args,
+)
 
 
 def cluster_env(hosts: str, host: str, role: str, idx: int, rank: int, size: int | None = None):
@@ -146,3 +155,78 @@ def test_cli_reports_a_bad_environment_without_a_traceback():
     assert proc.returncode == 2
     assert "BACKENDAI_CLUSTER_SIZE=3" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_main_starts_every_sub_with_a_consistent_environment():
+    env = {**cluster_env("main1,sub2,sub1", "main1", "main", 1, 0), "DATADIR": "/home/work/my data"}
+    commands = sub_node_commands(env, 8, 29500, ["--config", "c.yaml"], "/opt/x", ["DATADIR"])
+    assert [cmd[:4] for cmd in commands] == [
+        ["ssh", "-o", "BatchMode=yes", "sub2"],
+        ["ssh", "-o", "BatchMode=yes", "sub1"],
+    ]
+    layouts = []
+    for rank, cmd in enumerate(commands, start=1):
+        cd, _, remote = cmd[4].partition(" && exec ")
+        assert cd == "cd /opt/x"
+        words = shlex.split(remote)
+        assignments = dict(w.split("=", 1) for w in words[1 : words.index(sys.executable)])
+        assert assignments["DATADIR"] == "/home/work/my data"
+        assert words[words.index(sys.executable) + 1 :] == [
+            "-m",
+            "harness.launch",
+            "--nproc-per-node=8",
+            "--port=29500",
+            "--",
+            "--config",
+            "c.yaml",
+        ]
+        # What each sub will compute from the variables it is given.
+        layouts.append(cluster_layout(assignments))
+        assert layouts[-1][1] == rank
+    assert layouts == [(3, 1, "main1"), (3, 2, "main1")]
+
+
+def test_no_subs_to_start_on_a_single_node():
+    assert sub_node_commands({}, 8, 29500, [], "/opt/x") == []
+
+
+def test_subs_are_started_only_from_the_main_container():
+    env = cluster_env("main1,sub1", "sub1", "sub", 1, 1)
+    with pytest.raises(ClusterEnvError, match="BACKENDAI_CLUSTER_HOST='sub1'"):
+        sub_node_commands(env, 8, 29500, [], "/opt/x")
+
+
+def test_forwarding_an_unset_variable_is_an_error():
+    env = cluster_env("main1,sub1", "main1", "main", 1, 0)
+    with pytest.raises(ValueError, match="DATADIR"):
+        sub_node_commands(env, 8, 29500, [], "/opt/x", ["DATADIR"])
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_cluster_run_reports_the_first_failure_and_stops_waiting_subs():
+    start = time.monotonic()
+    status = _run_cluster(python("raise SystemExit(3)"), [python("import time; time.sleep(60)")])
+    assert status == 3
+    assert time.monotonic() - start < 30, "the waiting sub was not stopped"
+
+
+@pytest.mark.parametrize(("sub_code", "expected"), [(0, 0), (4, 4)])
+def test_cluster_run_waits_for_the_subs_after_success(sub_code, expected):
+    assert _run_cluster(python("pass"), [python(f"raise SystemExit({sub_code})")]) == expected
+
+
+def test_cli_prints_the_sub_commands_then_the_local_one():
+    env = cluster_env("main1,sub1", "main1", "main", 1, 0)
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.launch", "--print", "--spawn-subs", "--nproc-per-node=2"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        check=True,
+    ).stdout.splitlines()
+    assert len(out) == 2
+    assert out[0].startswith("ssh -o BatchMode=yes sub1 ")
+    assert "--node_rank=0" in out[1] and "--master_addr=main1" in out[1]
