@@ -16,7 +16,6 @@ import os
 import random
 import re
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -60,13 +59,6 @@ class _HashingWriter:
         self.file.flush()
 
 
-def _write_durably(tmp: Path, fill: Callable[[BinaryIO], None]) -> None:
-    with open(tmp, "wb") as f:
-        fill(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _fsync_dir(path_dir: Path) -> None:
     fd = os.open(path_dir, os.O_RDONLY)
     try:
@@ -108,17 +100,16 @@ def save_checkpoint(path_dir: str | Path, state: dict[str, Any], keep: int = 2) 
     # like a checkpoint; same folder so that os.replace is an atomic rename.
     tmp = path_dir / f".{final.name}.tmp-{os.getpid()}"
     tmp_digest = path_dir / f".{digest_path.name}.tmp-{os.getpid()}"
-    writer: _HashingWriter | None = None
-
-    def fill(f: BinaryIO) -> None:
-        nonlocal writer
-        writer = _HashingWriter(f)
-        torch.save(state, writer)
-
     try:
-        _write_durably(tmp, fill)
-        hexdigest = writer.digest.hexdigest()
-        _write_durably(tmp_digest, lambda f: f.write(hexdigest.encode()))
+        with open(tmp, "wb") as f:
+            writer = _HashingWriter(f)
+            torch.save(state, writer)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp_digest, "w") as f:
+            f.write(writer.digest.hexdigest())
+            f.flush()
+            os.fsync(f.fileno())
         # The digest gets its name first: a checkpoint name never exists without its digest.
         os.replace(tmp_digest, digest_path)
         os.replace(tmp, final)

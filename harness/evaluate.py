@@ -121,7 +121,7 @@ def to_coco_results(
             result = {
                 "image_id": int(image_id),
                 "category_id": int(categories[labels[k] - 1]),
-                "bbox": [round(float(v), 3) for v in xywh[k]],
+                "bbox": xywh[k].tolist(),
                 "score": float(scores[k]),
             }
             if rles[k] is not None:
@@ -184,7 +184,7 @@ def coco_map(
 
     Returns:
         {"BBOX": box AP, "SEGM": mask AP} (keys of the requested iou_types), fractions in [0, 1];
-        0.0 for empty results.
+        0.0 for empty results (and where the COCO API reports -1: nothing to score).
     """
     gt, api = _load_ground_truth(annotation_file, backend)
     return _score(gt, api, results, iou_types)
