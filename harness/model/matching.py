@@ -87,6 +87,15 @@ def sample_balanced(
     return pos_idx, pos_valid, neg_idx, neg_valid
 
 
+def sampling_keys(boxes: Tensor) -> Tensor:
+    """The random draw behind sampling: Tensor[B, N, 4] candidate boxes -> Tensor[B, N] uniform keys.
+
+    One function serves the RPN and the ROI heads so that a test can replace it with a draw derived
+    from the boxes themselves, making batched and per-image sampling pick the same elements.
+    """
+    return torch.rand(boxes.shape[:2], device=boxes.device)
+
+
 def pad_targets(boxes: list[Tensor], labels: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Stack per-image ground truth into padded tensors.
 

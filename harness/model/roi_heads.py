@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from harness import ops
 from harness.config import ROIHeadsConfig
 from harness.data.batch import Polygons
+from harness.model import matching
 from harness.model.matching import box_iou, match, rank_within_group, sample_balanced
 
 
@@ -132,7 +133,7 @@ class ROIHeads(nn.Module):
         matches = match(iou, gt_valid, cfg.fg_iou_thresh, cfg.bg_iou_thresh, False)
         labels = (matches >= 0).to(torch.int64)
         labels[~valid] = -1
-        keys = torch.rand(labels.shape, device=labels.device)
+        keys = matching.sampling_keys(boxes)
         pos_idx, pos_valid, neg_idx, neg_valid = sample_balanced(
             labels, cfg.batch_size_per_image, cfg.positive_fraction, keys
         )

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from harness import ops
 from harness.config import RPNConfig
+from harness.model import matching
 from harness.model.matching import (
     BETWEEN_THRESHOLDS,
     box_iou,
@@ -135,7 +136,7 @@ class RPN(nn.Module):
         labels = (matches >= 0).to(torch.int64)
         labels[matches == BETWEEN_THRESHOLDS] = -1
         labels[~self.visibility(anchors, image_sizes)] = -1
-        keys = torch.rand(labels.shape, device=labels.device)
+        keys = matching.sampling_keys(anchors[None].expand(labels.shape[0], -1, -1))
         pos_idx, pos_valid, neg_idx, neg_valid = sample_balanced(
             labels, cfg.batch_size_per_image, cfg.positive_fraction, keys
         )

@@ -1,0 +1,276 @@
+"""Train Mask R-CNN to the MLPerf target: `python -m harness.train --config configs/NAME.yaml [k=v ...]`.
+
+The loop reads top to bottom: set up, then per epoch train, checkpoint, evaluate, decide. Logging,
+checkpoints, evaluation and metrics are small objects it calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from harness import checkpoint, config, distributed, evaluate, platform
+from harness.data import build_train_loader, build_val_loader, category_ids, val_annotation_file
+from harness.metrics import MetricsWriter, write_plots
+from harness.mlperf_log import MLPerfLogger
+from harness.model import build_model
+from harness.model.roi_heads import paste_masks
+from harness.model.weights import load_backbone_weights, normalization_for
+from harness.run_dir import make_run_dir
+from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
+
+EXIT_TARGET_MISSED = 1
+EXIT_NON_FINITE = 3
+EXIT_ABORTED = 130
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT arrived; the loop saves a checkpoint and logs run_stop aborted."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__)
+    p.add_argument("--config", required=True, help="configs/NAME.yaml, or 'auto' to detect")
+    p.add_argument("--resume", default=None, help="run directory to continue from its checkpoints")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return p.parse_args(argv)
+
+
+def resolve_config(name: str, overrides: list[str]) -> tuple[config.Config, platform.Hardware]:
+    hw = platform.detect()
+    path = platform.auto_config_path(hw) if name == "auto" else Path(name)
+    cfg = config.load(path, overrides)
+    return cfg, hw
+
+
+def autocast_context(cfg: config.Config, device: torch.device):
+    """fp16 on CUDA (with a GradScaler), bf16 on CPU, nothing for fp32."""
+    if cfg.run.precision == "fp32":
+        return nullcontext()
+    if cfg.run.precision != "amp":
+        raise config.ConfigError(
+            f"run.precision must be 'amp' or 'fp32', got {cfg.run.precision!r}"
+        )
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def run_evaluation(model, loader, device, cfg, label_to_category: list[int]) -> list[dict]:
+    """Detections of this rank's share of the val set as COCO result dicts (original pixels)."""
+    model.eval()
+    predictions, image_ids = [], []
+    for batch in loader:
+        batch = batch.to(device)
+        with autocast_context(cfg, device):
+            detections = model(batch.images, batch.targets)
+        for target, det in zip(batch.targets, detections, strict=True):
+            (h, w), (oh, ow) = target.image_size, target.orig_size
+            boxes = det.boxes * det.boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
+            masks = paste_masks(det.masks, boxes, oh, ow, cfg.model.roi_heads.mask_threshold)
+            predictions.append(
+                {"boxes": boxes, "scores": det.scores, "labels": det.labels, "masks": masks}
+            )
+            image_ids.append(target.image_id)
+    results = evaluate.to_coco_results(
+        predictions, image_ids, label_to_category, backend=cfg.run.eval_backend
+    )
+    model.train()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg, hw = resolve_config(args.config, args.overrides)
+    dist = distributed.init_distributed()
+    platform.check_matches(cfg, hw, dist.world_size)
+    device = dist.device
+
+    run_dir = Path(args.resume) if args.resume else None
+    if run_dir is None and dist.is_main:
+        run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name, cfg)
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))
+    mllog = MLPerfLogger(run_dir / "mlperf.log", is_main=dist.is_main)
+    mllog.init_start()
+
+    seed = distributed.broadcast_seed(cfg.run.seed)
+    torch.manual_seed(seed + dist.rank)
+    model = build_model(cfg.model)
+    if cfg.model.backbone.weights:
+        load_backbone_weights(
+            model.backbone.body, cfg.model.backbone.weights, cfg.model.backbone.weights_format
+        )
+    normalization = normalization_for(cfg.model)
+    model.to(device)
+    train_model = model
+    if dist.world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = build_optimizer(model, cfg.solver, device)
+    schedule = LRSchedule(optimizer, cfg.solver)
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and cfg.run.precision == "amp"
+    )
+
+    train_loader = build_train_loader(cfg, normalization, dist.rank, dist.world_size, seed)
+    val_loader = build_val_loader(cfg, normalization, dist.rank, dist.world_size)
+    ann_file = val_annotation_file(cfg)
+    label_to_category = category_ids(ann_file)
+    mllog.log_hyperparameters(
+        cfg, dist.world_size, seed, train_loader.num_samples, val_loader.num_samples, hw.platform
+    )
+
+    state = checkpoint.load_latest(run_dir / "checkpoints") if args.resume else None
+    iteration, epoch, position = 0, 0, 0
+    if state is not None:
+        checkpoint.restore_training_state(state, model, optimizer, scaler)
+        iteration, epoch, position = state["iteration"], state["epoch"], state["sampler_position"]
+
+    metrics = MetricsWriter(run_dir, cfg.solver.max_iter, iteration, is_main=dist.is_main)
+    evaluator = (
+        evaluate.AsyncEvaluator(ann_file, cfg.run.eval_backend) if cfg.run.async_eval else None
+    )
+    targets = {"BBOX": cfg.run.target_bbox_map, "SEGM": cfg.run.target_segm_map}
+    eval_started: dict[int, float] = {}
+    stop_signal: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop_signal.append(signum))
+
+    def save(epoch_done: int, position_in_epoch: int) -> None:
+        if dist.is_main:
+            state = checkpoint.training_state(
+                model, optimizer, scaler, iteration, epoch_done, position_in_epoch, cfg
+            )
+            checkpoint.save_checkpoint(run_dir / "checkpoints", state)
+
+    def record_eval(eval_epoch: int, acc: dict[str, float], seconds: float) -> bool:
+        mllog.eval_accuracy(acc, eval_epoch)
+        mllog.eval_stop(eval_epoch)
+        metrics.log_eval(eval_epoch, iteration, acc, seconds)
+        return acc["BBOX"] >= cfg.run.target_bbox_map and acc["SEGM"] >= cfg.run.target_segm_map
+
+    mllog.init_stop()
+    mllog.run_start()
+    status, exit_code = "aborted", EXIT_TARGET_MISSED
+    try:
+        reached = False
+        while (
+            not reached
+            and iteration < cfg.solver.max_iter
+            and (cfg.solver.max_epochs == 0 or epoch < cfg.solver.max_epochs)
+        ):
+            epoch += 1
+            mllog.block_start(epoch, 1)
+            mllog.epoch_start(epoch)
+            train_loader.set_epoch(epoch, start=position)
+            consumed, position = position, 0
+            data_start = time.perf_counter()
+            for batch in train_loader:
+                if stop_signal:
+                    raise StopRequested(signal.Signals(stop_signal[0]).name, consumed)
+                batch = batch.to(device, non_blocking=True)
+                step_start = time.perf_counter()
+                lr = schedule.step(iteration)
+                with autocast_context(cfg, device):
+                    losses = train_model(batch.images, batch.targets)
+                loss = sum(losses.values())
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.solver.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    clip_grad_norm(optimizer, cfg.solver.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                iteration += 1
+                consumed += cfg.solver.ims_per_batch
+                log_now = iteration % cfg.run.log_every_iters == 0
+                # .item() syncs with the GPU, so on CUDA losses are checked at the logging
+                # interval only; on the CPU it costs nothing and every step is checked.
+                if log_now or device.type == "cpu":
+                    values = {k: v.item() for k, v in distributed.all_reduce_mean(losses).items()}
+                    bad = [k for k, v in values.items() if not math.isfinite(v)]
+                    if bad:
+                        print(
+                            f"non-finite loss at iteration {iteration}: "
+                            f"{', '.join(f'{k}={values[k]}' for k in bad)}; the last good "
+                            f"checkpoint in {run_dir / 'checkpoints'} is kept",
+                            file=sys.stderr,
+                        )
+                        status, exit_code = "aborted", EXIT_NON_FINITE
+                        return exit_code
+                if log_now:
+                    step_time = time.perf_counter() - data_start
+                    metrics.log_iteration(
+                        iteration,
+                        epoch,
+                        values,
+                        lr,
+                        step_time,
+                        step_start - data_start,
+                        batch.images.shape[0] * dist.world_size / step_time,
+                    )
+                data_start = time.perf_counter()
+                if iteration >= cfg.solver.max_iter:
+                    break
+            mllog.epoch_stop(epoch)
+            mllog.block_stop(epoch)
+            if epoch % cfg.run.checkpoint_every_epochs == 0:
+                save(epoch, 0)
+
+            if epoch % cfg.run.eval_every_epochs == 0:
+                mllog.eval_start(epoch)
+                eval_start = time.perf_counter()
+                results = evaluate.gather_results(
+                    run_evaluation(model, val_loader, device, cfg, label_to_category)
+                )
+                if dist.is_main:
+                    if evaluator is not None:
+                        evaluator.submit(epoch, results)
+                        eval_started[epoch] = eval_start
+                    else:
+                        acc = evaluate.coco_map(ann_file, results, backend=cfg.run.eval_backend)
+                        reached = record_eval(epoch, acc, time.perf_counter() - eval_start)
+            if evaluator is not None and dist.is_main:
+                for done_epoch, acc in evaluator.poll():
+                    seconds = time.perf_counter() - eval_started.pop(done_epoch)
+                    reached = record_eval(done_epoch, acc, seconds) or reached
+            reached = distributed.broadcast_flag(reached)
+            if dist.is_main:
+                write_plots(run_dir, targets)
+
+        if evaluator is not None and not reached and dist.is_main:
+            for done_epoch, acc in evaluator.wait_all():
+                seconds = time.perf_counter() - eval_started.pop(done_epoch)
+                reached = record_eval(done_epoch, acc, seconds) or reached
+        status = "success" if reached else "aborted"
+        exit_code = 0 if reached else EXIT_TARGET_MISSED
+    except StopRequested as stop:
+        signal_name, consumed_in_epoch = stop.args
+        save(epoch - 1, consumed_in_epoch)
+        print(
+            f"{signal_name} received: checkpoint saved in {run_dir / 'checkpoints'}; "
+            f"resume with --resume {run_dir}",
+            file=sys.stderr,
+        )
+        exit_code = EXIT_ABORTED
+    finally:
+        mllog.run_stop(status)
+        mllog.close()
+        metrics.close()
+        if dist.is_main:
+            write_plots(run_dir, targets)
+        if evaluator is not None:
+            evaluator.close()
+        distributed.cleanup()
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
