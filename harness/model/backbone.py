@@ -237,7 +237,8 @@ class BackboneWithFPN(nn.Module):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """images: Tensor[B, 3, H, W] normalized as the body's weights expect (H, W multiples of 32).
-        Returns [P2, P3, P4, P5, P6]: Tensor[B, out_channels, H / s, W / s] for s = 4, 8, 16, 32, 64."""
+        Returns [P2, P3, P4, P5, P6]: Tensor[B, out_channels, H / s, W / s] for s = 4, 8, 16, 32,
+        and P6 at ceil(H / 64), ceil(W / 64)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"images: expected Tensor[B, 3, H, W], got shape {tuple(images.shape)}"

@@ -60,7 +60,7 @@ class FPN(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         """features: [C2, C3, C4, C5], each Tensor[B, in_channels[i], H_i, W_i] with H_i = 2 * H_{i+1}
         (inputs padded to a multiple of 32). Returns [P2, P3, P4, P5, P6], Tensor[B, out_channels,
-        H_i, W_i], P6 at half P5's size."""
+        H_i, W_i], P6 at half P5's size rounded up (every other pixel of P5)."""
         if len(features) != len(self.lateral):
             raise ValueError(
                 f"features: expected {len(self.lateral)} maps (C2..C5), got {len(features)}"
