@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +38,24 @@ def _to_torch(tensor) -> Tensor:
     return torch.from_dlpack(tensor).clone()
 
 
+def _incomplete_jpegs(image_dir: Path, names: list[str], limit: int = 10) -> list[str]:
+    """Up to `limit` of the named .jpg files that lack the JPEG start marker or an end marker near
+    their end (truncated or not a JPEG); reads 2 bytes + the last 1 KiB of each."""
+    suspects = []
+    for name in names:
+        if not name.lower().endswith((".jpg", ".jpeg")):
+            continue
+        with open(image_dir / name, "rb") as f:
+            head = f.read(2)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 1024))
+            tail = f.read()
+        if head != b"\xff\xd8" or b"\xff\xd9" not in tail:
+            suspects.append(str(image_dir / name))
+            if len(suspects) == limit:
+                break
+    return suspects
+
+
 class _Stream:
     """Decoded samples of one pipeline, one at a time: (image float32 [3, h, w], ImageTarget)."""
 
@@ -43,6 +63,7 @@ class _Stream:
         self.settings = settings
         self.label_of = {cid: i + 1 for i, cid in enumerate(coco.category_ids)}
         self.image_dir = coco.image_dir
+        self.records = {r.image_id: r for r in coco.records}
         self.pipe = coco_pipeline(
             image_dir=str(coco.image_dir),
             annotation_file=str(write_clean_annotations(coco)),
@@ -65,7 +86,12 @@ class _Stream:
         try:
             return self.pipe.run()
         except RuntimeError as exc:
-            raise CocoDataError(f"DALI pipeline over {self.image_dir} failed: {exc}") from exc
+            # DALI names the failing sample only by its index in the batch: look for the culprit.
+            suspects = _incomplete_jpegs(
+                self.image_dir, [r.file_name for r in self.records.values()]
+            )
+            hint = f"; files that are not complete JPEGs: {', '.join(suspects)}" if suspects else ""
+            raise CocoDataError(f"DALI pipeline over {self.image_dir} failed{hint}: {exc}") from exc
 
     def __iter__(self) -> Iterator[tuple[Tensor, ImageTarget]]:
         s = self.settings
@@ -76,6 +102,12 @@ class _Stream:
                 orig_h, orig_w = (int(v) for v in np.asarray(shapes[i])[:2])
                 size = (int(image.shape[1]), int(image.shape[2]))
                 image_id = int(np.asarray(ids[i]).reshape(-1)[0])
+                rec = self.records[image_id]
+                if (orig_h, orig_w) != (rec.height, rec.width):
+                    raise CocoDataError(
+                        f"image {self.image_dir / rec.file_name} is {orig_w}x{orig_h} (WxH) but its "
+                        f"annotation file says {rec.width}x{rec.height}"
+                    )
                 if size != resized_size(orig_h, orig_w, s.min_size, s.max_size):
                     raise AssertionError(f"image {image_id}: DALI resized to {size}")
                 # The reader's right/bottom edges are x + w; the harness convention is x + w - 1.

@@ -1,0 +1,224 @@
+"""Both loaders against the batch contract and against each other (DALI runs on the CPU here)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from harness.config import Config, DataConfig, SolverConfig
+from harness.data import (
+    CocoDataError,
+    build_train_loader,
+    build_val_loader,
+    resolve_loader,
+    val_annotation_file,
+)
+from harness.data.batch import Batch, Normalization
+from harness.data.coco import load_coco
+from tests.data.conftest import TRAIN, VAL
+
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+
+LOADERS = ["pytorch", "dali"]
+NORM = Normalization.caffe2()
+
+
+def _cfg(root, loader="pytorch", ims_per_batch=2, **data) -> Config:
+    fields = {"min_size": 80, "max_size": 120, "num_workers": 0, "loader": loader} | data
+    return Config(
+        data=DataConfig(root=str(root), **fields), solver=SolverConfig(ims_per_batch=ims_per_batch)
+    )
+
+
+def _samples(batches):
+    """{image id: (image [3, h, w] unpadded, target)} over some batches."""
+    out = {}
+    for batch in batches:
+        for image, t in zip(batch.images, batch.targets, strict=True):
+            out[t.image_id] = (image[:, : t.image_size[0], : t.image_size[1]], t)
+    return out
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 1.0])
+def test_loaders_agree_on_targets_and_pixels(tiny_coco, flip_prob):
+    got = {}
+    for loader in LOADERS:
+        cfg = _cfg(tiny_coco, loader, ims_per_batch=1, flip_prob=flip_prob)
+        got[loader] = _samples(build_train_loader(cfg, NORM, rank=0, world_size=1, seed=3))
+    torch_samples, dali_samples = got["pytorch"], got["dali"]
+    assert sorted(torch_samples) == sorted(dali_samples)
+    assert len(torch_samples) == TRAIN - 1
+    for image_id, (image, t) in torch_samples.items():
+        dali_image, d = dali_samples[image_id]
+        assert t.flipped == d.flipped == bool(flip_prob)
+        assert (t.image_size, t.orig_size) == (d.image_size, d.orig_size)
+        torch.testing.assert_close(t.boxes, d.boxes, atol=1e-3, rtol=0)
+        assert torch.equal(t.labels, d.labels)
+        assert torch.equal(t.polygons.poly_offsets, d.polygons.poly_offsets)
+        assert torch.equal(t.polygons.obj_offsets, d.polygons.obj_offsets)
+        torch.testing.assert_close(t.polygons.vertices, d.polygons.vertices, atol=1e-3, rtol=0)
+        # Same libjpeg decode and bilinear antialiased resize; uint8 rounding may differ by 1 level.
+        diff = (image - dali_image).abs()
+        assert diff.max() <= 2.0 and diff.mean() < 0.3, (image_id, diff.max(), diff.mean())
+
+
+def test_flipped_image_matches_its_flipped_targets(tiny_coco):
+    plain = _samples(build_train_loader(_cfg(tiny_coco, "dali", 1, flip_prob=0.0), NORM, 0, 1, 0))
+    flipped = _samples(build_train_loader(_cfg(tiny_coco, "dali", 1, flip_prob=1.0), NORM, 0, 1, 0))
+    for image_id, (image, t) in plain.items():
+        image_f, t_f = flipped[image_id]
+        torch.testing.assert_close(image_f, image.flip(-1))
+        width = t.image_size[1]
+        torch.testing.assert_close(t_f.boxes[:, 0], width - 1 - t.boxes[:, 2])
+        torch.testing.assert_close(
+            t_f.polygons.vertices[:, 0], width - 1 - t.polygons.vertices[:, 0]
+        )
+        torch.testing.assert_close(t_f.polygons.vertices[:, 1], t.polygons.vertices[:, 1])
+
+
+def _check_batch(batch: Batch, size: int, num_classes: int, grouped: bool) -> None:
+    assert isinstance(batch, Batch) and len(batch.targets) == size
+    n, c, h, w = batch.images.shape
+    assert (n, c) == (size, 3) and h % 32 == 0 and w % 32 == 0
+    assert batch.images.dtype == torch.float32
+    for image, t in zip(batch.images, batch.targets, strict=True):
+        ih, iw = t.image_size
+        assert ih <= h and iw <= w and min(ih, iw) == 80
+        assert image[:, ih:].abs().sum() == 0 and image[:, :, iw:].abs().sum() == 0
+        assert t.boxes.shape == (t.labels.numel(), 4) and t.polygons.num_objects == t.labels.numel()
+        assert (t.boxes[:, 2:] > t.boxes[:, :2]).all()
+        assert (
+            (t.boxes >= 0).all()
+            and (t.boxes[:, 2] <= iw - 1).all()
+            and (t.boxes[:, 3] <= ih - 1).all()
+        )
+        assert ((t.labels >= 1) & (t.labels <= num_classes)).all()
+    if grouped:
+        assert len({t.image_size[1] > t.image_size[0] for t in batch.targets}) == 1
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_train_batches_follow_the_contract(tiny_coco, loader):
+    train = build_train_loader(_cfg(tiny_coco, loader, ims_per_batch=4), NORM, 0, 2, seed=1)
+    assert len(train) == ((TRAIN - 1) // 2) // 2
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        batches = list(train)
+        assert len(batches) == len(train)
+        for batch in batches:
+            _check_batch(batch, 2, 4, grouped=True)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_train_order_is_deterministic_by_seed_and_epoch(tiny_coco, loader):
+    def ids(seed, epoch):
+        train = build_train_loader(_cfg(tiny_coco, loader, ims_per_batch=1), NORM, 0, 1, seed)
+        train.set_epoch(epoch)
+        return [(t.image_id, t.flipped) for b in train for t in b.targets]
+
+    first = ids(5, 0)
+    assert first == ids(5, 0)
+    assert first != ids(6, 0)
+    assert ids(5, 2) == ids(5, 2) != first
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_ranks_read_disjoint_shards_of_an_epoch(tiny_coco, loader):
+    seen = []
+    for rank in range(2):
+        cfg = _cfg(tiny_coco, loader, ims_per_batch=2, aspect_ratio_grouping=False)
+        train = build_train_loader(cfg, NORM, rank, 2, seed=9)
+        seen += [t.image_id for b in train for t in b.targets]
+    assert len(seen) == len(set(seen)) == 2 * ((TRAIN - 1) // 2)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_val_reads_every_image_once_in_id_order(tiny_coco, loader, world_size):
+    ids = []
+    for rank in range(world_size):
+        val = build_val_loader(
+            _cfg(tiny_coco, loader, ims_per_batch=world_size), NORM, rank, world_size
+        )
+        batches = list(val)
+        assert len(batches) == len(val)
+        for batch in batches:
+            _check_batch(batch, len(batch.targets), 4, grouped=False)
+            assert not any(t.flipped for t in batch.targets)
+        ids += [t.image_id for b in batches for t in b.targets]
+    expected = [r.image_id for r in load_coco(tiny_coco, "val2017", keep_empty_images=True).records]
+    assert ids == expected and len(ids) == VAL
+
+
+def test_dali_val_batches_equal_pytorch_val_batches(tiny_coco):
+    torch_val = list(
+        build_val_loader(_cfg(tiny_coco, "pytorch"), Normalization.torchvision(), 0, 1)
+    )
+    dali_val = list(build_val_loader(_cfg(tiny_coco, "dali"), Normalization.torchvision(), 0, 1))
+    assert len(torch_val) == len(dali_val) == -(-VAL // 2)
+    for a, b in zip(torch_val, dali_val, strict=True):
+        assert a.images.shape == b.images.shape
+        # One uint8 level is 1 / 255 / 0.224 in torchvision units.
+        assert (a.images - b.images).abs().max() <= 2 / 255 / 0.224
+
+
+def test_loader_selection_and_bad_settings(tiny_coco):
+    assert resolve_loader(DataConfig(loader="auto")) == "dali"
+    with pytest.raises(ValueError, match=r"data\.loader"):
+        resolve_loader(DataConfig(loader="tf"))
+    with pytest.raises(ValueError, match=r"data\.decode_device"):
+        build_train_loader(_cfg(tiny_coco, "dali", decode_device="gpu"), NORM, 0, 1, 0)
+    with pytest.raises(ValueError, match="world size"):
+        build_train_loader(_cfg(tiny_coco, ims_per_batch=3), NORM, 0, 2, 0)
+    with pytest.raises(CocoDataError, match="fewer than one batch"):
+        build_train_loader(_cfg(tiny_coco, ims_per_batch=16), NORM, 0, 1, 0)
+    assert val_annotation_file(_cfg(tiny_coco)).name == "instances_val2017.json"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_mixed_decode_without_gpu_is_an_error(tiny_coco):
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        build_train_loader(_cfg(tiny_coco, "dali", decode_device="mixed"), NORM, 0, 1, 0)
+
+
+@pytest.mark.cuda
+def test_mixed_decode_matches_cpu_decode(tiny_coco):
+    cpu = _samples(build_val_loader(_cfg(tiny_coco, "dali", decode_device="cpu"), NORM, 0, 1))
+    gpu = _samples(build_val_loader(_cfg(tiny_coco, "dali", decode_device="mixed"), NORM, 0, 1))
+    assert sorted(cpu) == sorted(gpu)
+    for image_id, (image, t) in cpu.items():
+        gpu_image, g = gpu[image_id]
+        assert gpu_image.is_cuda
+        torch.testing.assert_close(t.boxes, g.boxes)
+        # nvJPEG and libjpeg-turbo differ in IDCT and chroma upsampling by a few levels.
+        assert (image - gpu_image.cpu()).abs().mean() < 3.0
+
+
+@pytest.fixture
+def broken_coco(tmp_path, tiny_coco):
+    return shutil.copytree(tiny_coco, tmp_path / "broken")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_jpeg_is_an_error_naming_the_file(broken_coco, loader, damage):
+    victim = sorted((broken_coco / "val2017").iterdir())[4]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00garbage" * 40)
+    with pytest.raises(CocoDataError, match=victim.name):
+        list(build_val_loader(_cfg(broken_coco, loader, val_ims_per_batch=1), NORM, 0, 1))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("loader", LOADERS)
+def test_image_size_disagreeing_with_annotations_is_an_error(broken_coco, loader):
+    records = load_coco(broken_coco, "val2017", keep_empty_images=True).records
+    first = records[0]
+    other = next(r for r in records if (r.height, r.width) != (first.height, first.width))
+    victim = broken_coco / "val2017" / first.file_name
+    shutil.copy(broken_coco / "val2017" / other.file_name, victim)
+    with pytest.raises(CocoDataError, match=f"{victim.name} is {other.width}x{other.height}"):
+        list(build_val_loader(_cfg(broken_coco, loader, val_ims_per_batch=1), NORM, 0, 1))
