@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Verify what scripts/download_dataset.sh produced in DATADIR: the archives' md5 (where they are
+# present), the extracted tree (image counts, annotation files that parse and list as many images) and
+# R-50.pkl. Prints PASSED, FAILED or SKIPPED per item; exits 1 when anything FAILED.
+#
+# Environment (for tests and other datasets):
+#   COCO_MD5_FILE        md5sum-format list "<md5>  <archive name>" replacing the official hashes
+#   EXPECT_TRAIN_IMAGES  expected train2017 images (default 118287)
+#   EXPECT_VAL_IMAGES    expected val2017 images (default 5000)
+#   SKIP_R50=1           do not check R-50.pkl
+#   PYTHON               interpreter used to parse the JSON (default python3)
+set -uo pipefail
+
+[[ $# -eq 1 ]] || { echo "usage: $0 DATADIR" >&2; exit 2; }
+datadir="$1"
+python="${PYTHON:-python3}"
+failed=0
+report() {  # report STATUS ITEM [DETAIL]
+  echo "$1  $2${3:+ ($3)}"
+  [[ "$1" == FAILED ]] && failed=1
+  return 0
+}
+
+declare -A md5=(
+  [annotations_trainval2017.zip]=f4bbac642086de4f52a3fdda2de5fa2c
+  [train2017.zip]=cced6f7f71b7629ddf16f17bbcfab6b2
+  [val2017.zip]=442b8da7639aecaf257c1dceb8ba8c80
+)
+if [[ -n "${COCO_MD5_FILE:-}" ]]; then
+  [[ -f "$COCO_MD5_FILE" ]] || { echo "COCO_MD5_FILE not found: $COCO_MD5_FILE" >&2; exit 2; }
+  while read -r sum name; do
+    [[ -n "$sum" ]] && md5[$name]="$sum"
+  done < "$COCO_MD5_FILE"
+fi
+
+for name in annotations_trainval2017.zip train2017.zip val2017.zip; do
+  archive="$datadir/downloads/$name"
+  if [[ ! -f "$archive" ]]; then
+    report SKIPPED "md5 $name" "not present"
+    continue
+  fi
+  got="$(md5sum "$archive" | cut -d' ' -f1)"
+  if [[ "$got" == "${md5[$name]}" ]]; then
+    report PASSED "md5 $name"
+  else
+    report FAILED "md5 $name" "expected ${md5[$name]}, got $got"
+  fi
+done
+
+for split in train2017 val2017; do
+  if [[ $split == train2017 ]]; then want="${EXPECT_TRAIN_IMAGES:-118287}"; else want="${EXPECT_VAL_IMAGES:-5000}"; fi
+  dir="$datadir/coco/$split"
+  if [[ -d "$dir" ]]; then
+    have="$(find "$dir" -maxdepth 1 -name '*.jpg' | wc -l)"
+    if [[ "$have" -eq "$want" ]]; then
+      report PASSED "images $split" "$have"
+    else
+      report FAILED "images $split" "expected $want, found $have"
+    fi
+  else
+    report FAILED "images $split" "directory $dir missing"
+  fi
+  ann="$datadir/coco/annotations/instances_$split.json"
+  detail="$("$python" - "$ann" "$want" 2>&1 <<'PY'
+import json, sys
+path, want = sys.argv[1], int(sys.argv[2])
+try:
+    with open(path) as f:
+        doc = json.load(f)
+    listed = len(doc["images"])
+    count = len(doc["annotations"])
+    _ = doc["categories"]
+except (OSError, ValueError, KeyError, TypeError) as exc:
+    print(f"does not parse: {type(exc).__name__}: {exc}")
+    sys.exit(1)
+if listed != want:
+    print(f"lists {listed} images, expected {want}")
+    sys.exit(1)
+print(f"{listed} images, {count} annotations")
+PY
+)"
+  if [[ $? -eq 0 ]]; then
+    report PASSED "annotations instances_$split.json" "$detail"
+  else
+    report FAILED "annotations instances_$split.json" "$detail"
+  fi
+done
+
+if [[ "${SKIP_R50:-0}" != 1 ]]; then
+  if [[ -s "$datadir/R-50.pkl" ]]; then
+    report PASSED "R-50.pkl" "$(stat -c %s "$datadir/R-50.pkl") bytes"
+  else
+    report FAILED "R-50.pkl" "missing or empty"
+  fi
+fi
+
+if [[ $failed -ne 0 ]]; then
+  echo "verify_dataset: FAILED"
+  exit 1
+fi
+echo "verify_dataset: PASSED"
