@@ -14,9 +14,10 @@ A Backend.AI cluster session sets, in every container:
 They map onto torchrun as --nnodes = SIZE, --node_rank = LOCAL_RANK, --master_addr = the main host.
 Without these variables the job runs on this node alone.
 
-A batch session runs its startup command in the main container only: there, `--spawn-subs` also
+A batch session runs its startup command in the main container only, so there the launcher also
 starts the job on every sub container over the cluster's SSH (see sub_node_commands) and waits
-for all of them; `--forward-env NAME` copies a variable such as DATADIR to them.
+for all of them; `--forward-env NAME` copies a variable to them, and `--no-spawn-subs` leaves the
+subs alone (for one who starts every container's share by hand).
 """
 
 from __future__ import annotations
@@ -279,16 +280,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--port", type=int, default=29500, help="rendezvous port on the main host")
     parser.add_argument(
-        "--spawn-subs",
+        "--no-spawn-subs",
         action="store_true",
-        help="in a cluster session's main container: also start the job on every sub over SSH",
+        help="in a cluster's main container, do not start the job on the subs over SSH",
     )
     parser.add_argument(
         "--forward-env",
         action="append",
         default=[],
         metavar="NAME",
-        help="with --spawn-subs: copy this variable to the sub containers (repeatable)",
+        help="copy this variable to the sub containers started over SSH (repeatable)",
     )
     parser.add_argument(
         "--print", action="store_true", help="print the command(s) instead of running them"
@@ -297,9 +298,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     nproc = args.nproc_per_node if args.nproc_per_node is not None else _default_nproc()
     try:
         cmd = command(os.environ, nproc, args.port, training)
+        # Only the main container (node 0) starts the others; a sub runs its own share.
+        is_main = cluster_layout(os.environ)[1] == 0
         subs = (
             sub_node_commands(os.environ, nproc, args.port, training, os.getcwd(), args.forward_env)
-            if args.spawn_subs
+            if is_main and not args.no_spawn_subs
             else []
         )
     except ValueError as exc:

@@ -218,15 +218,17 @@ def test_cluster_run_waits_for_the_subs_after_success(sub_code, expected):
     assert _run_cluster(python("pass"), [python(f"raise SystemExit({sub_code})")]) == expected
 
 
-def test_cli_prints_the_sub_commands_then_the_local_one():
+@pytest.mark.parametrize(("extra", "expected_lines"), [([], 2), (["--no-spawn-subs"], 1)])
+def test_cli_on_main_starts_the_subs_unless_told_not_to(extra, expected_lines):
     env = cluster_env("main1,sub1", "main1", "main", 1, 0)
     out = subprocess.run(
-        [sys.executable, "-m", "harness.launch", "--print", "--spawn-subs", "--nproc-per-node=2"],
+        [sys.executable, "-m", "harness.launch", "--print", "--nproc-per-node=2", *extra],
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin", **env},
         check=True,
     ).stdout.splitlines()
-    assert len(out) == 2
-    assert out[0].startswith("ssh -o BatchMode=yes sub1 ")
-    assert "--node_rank=0" in out[1] and "--master_addr=main1" in out[1]
+    assert len(out) == expected_lines
+    if expected_lines == 2:
+        assert out[0].startswith("ssh -o BatchMode=yes sub1 ")
+    assert "--node_rank=0" in out[-1] and "--master_addr=main1" in out[-1]
