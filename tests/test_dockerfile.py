@@ -256,3 +256,12 @@ def test_dockerignore_keeps_local_state_out():
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "build", "runs", "data", ".build-stamp", "**/*.so"} <= ignored
+
+
+def test_image_uses_the_setup_scripts_interpreter_override():
+    # The image builds harness._C through scripts/setup_env.sh with HARNESS_PYTHON set, so that
+    # run_and_time.sh in a session finds the build current and installs nothing.
+    env = " ".join(args for keyword, args in dockerfile() if keyword == "ENV")
+    assert f"HARNESS_PYTHON={BASE.python_path}" in env
+    assert '"${HARNESS_PYTHON:-}"' in (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert any(k == "RUN" and ". scripts/setup_env.sh" in a for k, a in dockerfile())
