@@ -30,8 +30,8 @@ def make_run_dir(
     """
     if not _NAME.match(name):
         raise ValueError(f"run name {name!r} must be letters, digits, '.', '_' or '-'")
-    now = now or datetime.datetime.now(datetime.UTC)
-    base = Path(output_dir) / f"{name}-{now.astimezone(datetime.UTC):%Y%m%d-%H%M%S}"
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    base = Path(output_dir) / f"{name}-{now.astimezone(datetime.timezone.utc):%Y%m%d-%H%M%S}"
     base.parent.mkdir(parents=True, exist_ok=True)
     run_dir, suffix = base, 1
     while True:

@@ -9,7 +9,7 @@ import pytest
 from harness import config
 from harness.run_dir import make_run_dir
 
-WHEN = datetime.datetime(2026, 11, 28, 9, 5, 7, tzinfo=datetime.UTC)
+WHEN = datetime.datetime(2026, 11, 28, 9, 5, 7, tzinfo=datetime.timezone.utc)
 
 
 def test_layout_and_config_round_trip(tmp_path):
