@@ -1,0 +1,247 @@
+"""End-to-end runs of `python -m harness.train` on a tiny synthetic set: the MLPerf log passes the
+official checker, resume continues exactly, SIGTERM saves and aborts, config errors are named,
+two gloo ranks stay in sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import checkpoint
+from harness.data.synthetic import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A tiny model that still runs every stage of the real one.
+TINY = [
+    "model.num_classes=5",
+    "model.backbone.depth=18",
+    "model.backbone.norm=gn",
+    "model.backbone.freeze_at=0",
+    "model.backbone.stride_in_1x1=false",
+    "model.rpn.pre_nms_top_n_train=200",
+    "model.rpn.post_nms_top_n_train=1000",
+    "model.rpn.pre_nms_top_n_test=100",
+    "model.rpn.post_nms_top_n_test=100",
+    "model.rpn.batch_size_per_image=64",
+    "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.mlp_head_dim=64",
+    "model.roi_heads.mask_conv_dims=[32,32]",
+    "data.min_size=64",
+    "data.max_size=64",
+    "data.num_workers=0",
+    "data.loader=pytorch",
+    "run.precision=fp32",
+    "run.log_every_iters=1",
+    "run.platform=test",
+]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("synthetic"), train=8, val=4, seed=3, size=64)
+
+
+def train(tmp_path: Path, dataset: Path, *args: str, env=None, check=True, tiny=True):
+    cmd = [sys.executable, "-m", "harness.train", *args]
+    overrides = [
+        *(TINY if tiny else []),
+        f"data.root={dataset}",
+        f"run.output_dir={tmp_path / 'runs'}",
+    ]
+    proc = subprocess.run(
+        [*cmd, *overrides], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
+    if check and proc.returncode not in (0, 1):
+        raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_dirs(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "runs").iterdir())
+
+
+def checker(log: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlperf_logging.compliance_checker",
+            "--usage",
+            "training",
+            "--ruleset",
+            "3.1.0",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_open_run_log_passes_the_checker(tmp_path, dataset):
+    """An open-division run (targets 0, so its first evaluation reaches them) logs a compliant run."""
+    proc = train(
+        tmp_path,
+        dataset,
+        "--config",
+        "configs/cpu_demo.yaml",
+        "solver.max_iter=4",
+        "solver.ims_per_batch=2",
+        "run.target_bbox_map=0",
+        "run.target_segm_map=0",
+        "run.seed=1234",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = run_dirs(tmp_path)
+    for name in ("mlperf.log", "metrics.jsonl", "config.yaml", "plots/loss.png", "plots/map.png"):
+        assert (run / name).is_file(), name
+    result = checker(run / "mlperf.log")
+    assert "SUCCESS" in result.stdout + result.stderr, result.stdout + result.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert any(r["type"] == "eval" for r in records)
+    assert any(r["type"] == "iter" and "loss_mask" in r["losses"] for r in records)
+
+
+@pytest.mark.slow
+def test_closed_config_log_fails_only_the_quality_target(tmp_path, dataset):
+    """The DGX-1 recipe's keys and constraints pass; a 2-iteration run can only miss the target."""
+    proc = train(
+        tmp_path,
+        dataset,
+        "--config",
+        "configs/dgx1_v100x8.yaml",
+        "run.gpus=0",
+        "run.async_eval=false",
+        "model.backbone.weights=",
+        "solver.max_iter=2",
+        "model.channels_last=false",
+        "run.seed=7",
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]  # target missed
+    (run,) = run_dirs(tmp_path)
+    result = checker(run / "mlperf.log")
+    out = result.stdout + result.stderr
+    assert "SUCCESS" not in out
+    errors = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert errors, out
+    assert all("eval_accuracy" in e or "BBOX" in e or "target" in e.lower() for e in errors), out
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path, dataset):
+    """N iterations straight equal N/2, a stop, and a resume for the rest."""
+    common = [
+        "--config",
+        "configs/cpu_demo.yaml",
+        "solver.ims_per_batch=2",
+        "run.seed=5",
+        "run.target_bbox_map=1",
+        "run.target_segm_map=1",
+        "data.flip_prob=0.5",
+        "run.eval_every_epochs=100",
+    ]
+    straight = tmp_path / "straight"
+    train(straight, dataset, *common, "solver.max_iter=8")
+    split = tmp_path / "split"
+    train(split, dataset, *common, "solver.max_iter=4")
+    (first,) = run_dirs(split)
+    train(split, dataset, *common, "solver.max_iter=8", "--resume", str(first))
+    a = checkpoint.load_latest(run_dirs(straight)[0] / "checkpoints")
+    b = checkpoint.load_latest(first / "checkpoints")
+    assert a["iteration"] == b["iteration"] == 8
+    for key, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_logs_aborted(tmp_path, dataset):
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.train",
+        "--config",
+        "configs/cpu_demo.yaml",
+        *TINY,
+        f"data.root={dataset}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        "solver.max_iter=100000",
+        "run.target_bbox_map=1",
+        "run.target_segm_map=1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    metrics = None
+    while time.time() < deadline:
+        runs = list((tmp_path / "runs").glob("*/metrics.jsonl"))
+        if runs and runs[0].stat().st_size > 0:
+            metrics = runs[0]
+            break
+        time.sleep(0.5)
+    assert metrics is not None, "training never logged an iteration"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "SIGTERM received" in err
+    run = metrics.parent
+    state = checkpoint.load_latest(run / "checkpoints")
+    assert state is not None and state["iteration"] >= 1
+    last = (run / "mlperf.log").read_text().strip().splitlines()[-1]
+    assert '"run_stop"' in last and '"aborted"' in last
+
+
+def test_unknown_config_key_is_named(tmp_path, dataset):
+    proc = train(
+        tmp_path, dataset, "--config", "configs/cpu_demo.yaml", "solver.base_lrr=0.1", check=False
+    )
+    assert proc.returncode != 0
+    assert "unknown config key 'solver.base_lrr'; did you mean 'base_lr'?" in proc.stderr
+
+
+def test_config_for_other_gpu_count_is_refused(tmp_path, dataset):
+    proc = train(tmp_path, dataset, "--config", "configs/dgx1_v100x8.yaml", check=False)
+    assert proc.returncode != 0
+    assert "needs 8 GPU(s); none is visible" in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_in_sync(tmp_path, dataset):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29611",
+        "-m",
+        "harness.train",
+        "--config",
+        "configs/cpu_demo.yaml",
+        *TINY,
+        f"data.root={dataset}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        "solver.ims_per_batch=2",
+        "solver.max_iter=3",
+        "run.target_bbox_map=0",
+        "run.target_segm_map=0",
+        "run.seed=11",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    state = checkpoint.load_latest(run / "checkpoints")
+    assert state["iteration"] == 3
+    assert checker(run / "mlperf.log").returncode == 0
