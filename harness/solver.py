@@ -50,6 +50,10 @@ def lr_at(iteration: int, cfg: SolverConfig, base_lr: float | None = None) -> fl
         alpha = iteration / cfg.warmup_iters
         return base * (cfg.warmup_factor * (1 - alpha) + alpha) * decay
     lr = (base - (cfg.warmup_iters - iteration) * cfg.warmup_factor) * decay
+    # Configs set warmup_factor = base_lr / warmup_iters (NVIDIA's 0.06 / 625 = 0.000096) to start
+    # at exactly 0, which float rounding can miss by ~1e-18.
+    if -1e-9 * base <= lr < 0:
+        return 0.0
     if lr < 0:
         raise ValueError(
             f"solver: mlperf_linear warmup gives the negative learning rate {lr:g} at iteration "
