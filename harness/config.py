@@ -114,7 +114,7 @@ class SolverConfig:
     weight_decay: float = 1e-4
     bias_lr_factor: float = 2.0
     weight_decay_bias: float = 0.0
-    warmup_method: str = "mlperf_linear"  # linear | mlperf_linear | constant
+    warmup_method: str = "linear"  # linear | mlperf_linear | constant (the reference: linear, 1/3)
     warmup_factor: float = 1.0 / 3.0
     warmup_iters: int = 500
     steps: tuple[int, ...] = (60000, 80000)

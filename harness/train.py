@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     train_model = model
     if dist.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # Frozen-BN buffers never change: broadcasting them every step would be wasted traffic.
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, broadcast_buffers=False
+        )
     optimizer = build_optimizer(model, cfg.solver, device)
     schedule = LRSchedule(optimizer, cfg.solver)
     scaler = torch.amp.GradScaler(
