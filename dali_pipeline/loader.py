@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nvidia.dali.backend import TensorCPU
 from torch import Tensor
 
 from dali_pipeline.pipeline import READER, coco_pipeline
@@ -34,7 +35,12 @@ class DaliSettings:
 
 
 def _to_torch(tensor) -> Tensor:
-    """A copy of one DALI sample as a torch tensor on the same device: DALI reuses its buffers."""
+    """One DALI sample as a torch tensor on the same device. CPU samples are shared, not copied: the
+    dynamic executor (coco_pipeline sets it) allocates outputs afresh and frees them only when no
+    reference is left, and the numpy view keeps the sample alive. GPU samples are copied, for safety
+    across DALI's stream."""
+    if isinstance(tensor, TensorCPU):
+        return torch.from_numpy(np.asarray(tensor))
     return torch.from_dlpack(tensor).clone()
 
 

@@ -83,6 +83,7 @@ def coco_pipeline(
         device_id=device_id if decode_device == "mixed" else None,
         seed=seed,
         prefetch_queue_depth=2,
+        exec_dynamic=True,  # fresh, reference-counted output buffers: samples may outlive a run
     )
     with pipe:
         shuffle = (

@@ -112,7 +112,7 @@ def normalize(image: Tensor, norm: Normalization) -> Tensor:
 
 def pad_batch(images: list[Tensor], size_divisibility: int) -> Tensor:
     """float [B, 3, H, W]: images placed top-left, zero padded to the largest size rounded up to a
-    multiple of size_divisibility (0 or 1: no rounding)."""
+    multiple of size_divisibility (0 or 1: no rounding). Same device as the images."""
     if not images:
         raise ValueError("pad_batch needs at least one image")
     height = max(int(img.shape[-2]) for img in images)
@@ -120,7 +120,13 @@ def pad_batch(images: list[Tensor], size_divisibility: int) -> Tensor:
     if size_divisibility > 1:
         height = math.ceil(height / size_divisibility) * size_divisibility
         width = math.ceil(width / size_divisibility) * size_divisibility
-    out = images[0].new_zeros((len(images), 3, height, width))
+    out = images[0].new_empty((len(images), 3, height, width))
+    # On the CPU, copy through numpy: torch's intra-op thread pool made these strided copies 3-6x
+    # slower than numpy's memcpy on busy cores (measured 2 x 800x1066: 39-70 ms vs 11 ms).
+    dst = out.numpy() if out.device.type == "cpu" else out
     for i, img in enumerate(images):
-        out[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        dst[i, :, :h, :w] = img.numpy() if out.device.type == "cpu" else img
+        dst[i, :, h:, :] = 0
+        dst[i, :, :h, w:] = 0
     return out

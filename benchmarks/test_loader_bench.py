@@ -1,0 +1,48 @@
+"""Loader throughput at MLPerf resolution: the DALI CPU pipeline beside the plain PyTorch loader.
+
+Run: `.venv/bin/python -m pytest benchmarks/test_loader_bench.py --benchmark-only`. Both read the same
+64 synthetic JPEGs (longer side 640, shorter 480 or 640) and resize them to 800 x <= 1333 with 2 threads
+(DALI) or 2 workers (PyTorch); one round is one epoch of batches of 2 (decode, resize, flip, normalize,
+pad, targets). `extra_info["images_per_s"]` is the throughput of the median round.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.config import Config, DataConfig, SolverConfig
+from harness.data import build_train_loader
+from harness.data.batch import Normalization
+from harness.data.synthetic import generate
+
+IMAGES, THREADS = 64, 2
+
+
+@pytest.fixture(scope="module")
+def coco_640(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("bench_coco"), train=IMAGES, val=0, seed=0, size=640)
+
+
+def _epoch(loader) -> int:
+    return sum(len(batch.targets) for batch in loader)
+
+
+def _run(benchmark, root, loader: str) -> None:
+    cfg = Config(
+        data=DataConfig(root=str(root), loader=loader, decode_device="cpu", num_workers=THREADS),
+        solver=SolverConfig(ims_per_batch=2),
+    )
+    train = build_train_loader(cfg, Normalization.caffe2(), rank=0, world_size=1, seed=0)
+    images = benchmark.pedantic(_epoch, args=(train,), rounds=3, warmup_rounds=1, iterations=1)
+    benchmark.extra_info["images_per_s"] = images / benchmark.stats.stats.median
+    benchmark.extra_info["threads"] = THREADS
+
+
+@pytest.mark.benchmark(group="loader_800x1333")
+def test_loader_800x1333_ours(benchmark, coco_640):
+    _run(benchmark, coco_640, "dali")
+
+
+@pytest.mark.benchmark(group="loader_800x1333")
+def test_loader_800x1333_peer(benchmark, coco_640):
+    _run(benchmark, coco_640, "pytorch")
