@@ -60,13 +60,19 @@ def _shape_polygon(kind: str, rng: np.random.Generator, size: float) -> np.ndarr
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """uint8 [H, W, 3]: a linear gradient between two random colours plus Gaussian noise."""
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    c0 = rng.uniform(0, 255, 3).astype(np.float32)
+    c1 = rng.uniform(0, 255, 3).astype(np.float32)
     angle = rng.uniform(0, 2 * math.pi)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    t = xs * math.cos(angle) + ys * math.sin(angle)
+    # float32 and an outer sum instead of a coordinate grid: this is most of the generation time.
+    t = np.arange(height, dtype=np.float32)[:, None] * math.sin(angle) + np.arange(
+        width, dtype=np.float32
+    )[None, :] * math.cos(angle)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
-    img = c0 + (c1 - c0) * t[..., None] + rng.normal(0, 12, (height, width, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    img = rng.standard_normal((height, width, 3), dtype=np.float32)
+    img *= 12.0
+    img += c0
+    img += (c1 - c0) * t[..., None]
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
