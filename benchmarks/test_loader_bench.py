@@ -40,6 +40,7 @@ def _run(benchmark, root, loader: str) -> None:
 
 @pytest.mark.benchmark(group="loader_800x1333")
 def test_loader_800x1333_ours(benchmark, coco_640):
+    pytest.importorskip("nvidia.dali")
     _run(benchmark, coco_640, "dali")
 
 

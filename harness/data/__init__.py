@@ -49,8 +49,6 @@ def resolve_loader(data: DataConfig) -> str:
 
 
 def _dali_settings(data: DataConfig, norm: Normalization):
-    from dali_pipeline.loader import DaliSettings
-
     if data.decode_device not in ("auto", "mixed", "cpu"):
         raise ValueError(
             f"data.decode_device must be auto, mixed or cpu, got {data.decode_device!r}"
@@ -60,6 +58,8 @@ def _dali_settings(data: DataConfig, norm: Normalization):
         device = "mixed" if torch.cuda.is_available() else "cpu"
     if device == "mixed" and not torch.cuda.is_available():
         raise ValueError("data.decode_device=mixed needs a CUDA GPU; none is visible")
+    from dali_pipeline.loader import DaliSettings
+
     return DaliSettings(
         min_size=data.min_size,
         max_size=data.max_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 
 import pytest
@@ -21,7 +22,9 @@ from tests.data.conftest import TRAIN, VAL
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
-LOADERS = ["pytorch", "dali"]
+HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
+needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="nvidia-dali is not installed")
+LOADERS = ["pytorch", pytest.param("dali", marks=needs_dali)]
 NORM = Normalization.caffe2()
 
 
@@ -41,10 +44,11 @@ def _samples(batches):
     return out
 
 
+@needs_dali
 @pytest.mark.parametrize("flip_prob", [0.0, 1.0])
 def test_loaders_agree_on_targets_and_pixels(tiny_coco, flip_prob):
     got = {}
-    for loader in LOADERS:
+    for loader in ("pytorch", "dali"):
         cfg = _cfg(tiny_coco, loader, ims_per_batch=1, flip_prob=flip_prob)
         got[loader] = _samples(build_train_loader(cfg, NORM, rank=0, world_size=1, seed=3))
     torch_samples, dali_samples = got["pytorch"], got["dali"]
@@ -64,6 +68,7 @@ def test_loaders_agree_on_targets_and_pixels(tiny_coco, flip_prob):
         assert diff.max() <= 2.0 and diff.mean() < 0.3, (image_id, diff.max(), diff.mean())
 
 
+@needs_dali
 def test_flipped_image_matches_its_flipped_targets(tiny_coco):
     plain = _samples(build_train_loader(_cfg(tiny_coco, "dali", 1, flip_prob=0.0), NORM, 0, 1, 0))
     flipped = _samples(build_train_loader(_cfg(tiny_coco, "dali", 1, flip_prob=1.0), NORM, 0, 1, 0))
@@ -152,6 +157,7 @@ def test_val_reads_every_image_once_in_id_order(tiny_coco, loader, world_size):
     assert ids == expected and len(ids) == VAL
 
 
+@needs_dali
 def test_dali_val_batches_equal_pytorch_val_batches(tiny_coco):
     torch_val = list(
         build_val_loader(_cfg(tiny_coco, "pytorch"), Normalization.torchvision(), 0, 1)
@@ -165,7 +171,7 @@ def test_dali_val_batches_equal_pytorch_val_batches(tiny_coco):
 
 
 def test_loader_selection_and_bad_settings(tiny_coco):
-    assert resolve_loader(DataConfig(loader="auto")) == "dali"
+    assert resolve_loader(DataConfig(loader="auto")) == ("dali" if HAVE_DALI else "pytorch")
     with pytest.raises(ValueError, match=r"data\.loader"):
         resolve_loader(DataConfig(loader="tf"))
     with pytest.raises(ValueError, match=r"data\.decode_device"):
@@ -177,12 +183,14 @@ def test_loader_selection_and_bad_settings(tiny_coco):
     assert val_annotation_file(_cfg(tiny_coco)).name == "instances_val2017.json"
 
 
+@needs_dali
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
 def test_mixed_decode_without_gpu_is_an_error(tiny_coco):
     with pytest.raises(ValueError, match="needs a CUDA GPU"):
         build_train_loader(_cfg(tiny_coco, "dali", decode_device="mixed"), NORM, 0, 1, 0)
 
 
+@needs_dali
 @pytest.mark.cuda
 def test_mixed_decode_matches_cpu_decode(tiny_coco):
     cpu = _samples(build_val_loader(_cfg(tiny_coco, "dali", decode_device="cpu"), NORM, 0, 1))

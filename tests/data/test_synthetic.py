@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -66,3 +67,27 @@ def test_cli_writes_the_requested_counts(tmp_path):
     doc = json.loads((tmp_path / "annotations/instances_val2017.json").read_text())
     assert [img["id"] for img in doc["images"]] == [3]
     assert len(list((tmp_path / "train2017").glob("*.jpg"))) == 2
+
+
+def test_dali_coco_reader_reads_the_original_files(tiny_coco):
+    fn = pytest.importorskip("nvidia.dali.fn")
+    pipeline_def = pytest.importorskip("nvidia.dali").pipeline_def
+
+    @pipeline_def(batch_size=VAL, num_threads=1, device_id=None)
+    def read():
+        jpegs, _, labels, polys, _ = fn.readers.coco(
+            file_root=str(tiny_coco / "val2017"),
+            annotations_file=str(tiny_coco / "annotations" / "instances_val2017.json"),
+            polygon_masks=True,
+            avoid_class_remapping=True,
+        )
+        return fn.decoders.image(jpegs), labels, polys
+
+    pipe = read()
+    pipe.build()
+    images, labels, polys = pipe.run()
+    coco = COCO(str(tiny_coco / "annotations" / "instances_val2017.json"))
+    assert sum(np.asarray(labels[i]).size for i in range(VAL)) == len(coco.anns)
+    assert sum(len(np.asarray(polys[i])) for i in range(VAL)) == len(coco.anns)
+    assert {int(v) for i in range(VAL) for v in np.asarray(labels[i])} <= {c for c, _ in CATEGORIES}
+    assert all(np.asarray(images[i]).shape[2] == 3 for i in range(VAL))
