@@ -104,10 +104,12 @@ def normalize(image: Tensor, norm: Normalization) -> Tensor:
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be uint8 [3, H, W], got {image.dtype} {tuple(image.shape)}")
     mean, std = pixel_scale(norm)
-    x = image.float()
-    if norm.bgr255:
-        x = x.flip(0)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    # Reorder channels while still uint8 and normalize in place: one float pass instead of four.
+    x = (image.flip(0) if norm.bgr255 else image).float()
+    x.sub_(torch.tensor(mean).view(3, 1, 1))
+    if any(s != 1.0 for s in std):
+        x.div_(torch.tensor(std).view(3, 1, 1))
+    return x
 
 
 def pad_batch(images: list[Tensor], size_divisibility: int) -> Tensor:
