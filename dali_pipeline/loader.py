@@ -117,7 +117,14 @@ class _Stream:
                 if size != resized_size(orig_h, orig_w, s.min_size, s.max_size):
                     raise AssertionError(f"image {image_id}: DALI resized to {size}")
                 # The reader's right/bottom edges are x + w; the harness convention is x + w - 1.
-                ltrb = np.asarray(boxes[i], dtype=np.float32).reshape(-1, 4) - [0, 0, 1, 1]
+                ltrb = np.asarray(boxes[i], dtype=np.float32).reshape(-1, 4) - np.float32(
+                    [0, 0, 1, 1]
+                )
+                if len(ltrb) != len(rec.boxes):
+                    raise CocoDataError(
+                        f"image {image_id}: DALI's COCO reader returned {len(ltrb)} objects, the "
+                        f"annotation parser kept {len(rec.boxes)}"
+                    )
                 target = make_target(
                     ltrb,
                     np.asarray(cats[i]).reshape(-1),
