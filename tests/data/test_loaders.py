@@ -45,16 +45,22 @@ def _samples(batches):
 
 
 @needs_dali
-@pytest.mark.parametrize("flip_prob", [0.0, 1.0])
-def test_loaders_agree_on_targets_and_pixels(tiny_coco, flip_prob):
+@pytest.mark.parametrize(("flip_prob", "ims_per_batch"), [(0.0, 1), (1.0, 1), (1.0, 4)])
+def test_loaders_agree_on_targets_and_pixels(tiny_coco, flip_prob, ims_per_batch):
     got = {}
     for loader in ("pytorch", "dali"):
-        cfg = _cfg(tiny_coco, loader, ims_per_batch=1, flip_prob=flip_prob)
+        cfg = _cfg(tiny_coco, loader, ims_per_batch=ims_per_batch, flip_prob=flip_prob)
         got[loader] = _samples(build_train_loader(cfg, NORM, rank=0, world_size=1, seed=3))
     torch_samples, dali_samples = got["pytorch"], got["dali"]
-    assert sorted(torch_samples) == sorted(dali_samples)
-    assert len(torch_samples) == TRAIN - 1
-    for image_id, (image, t) in torch_samples.items():
+    if ims_per_batch == 1:
+        assert sorted(torch_samples) == sorted(dali_samples)
+        assert len(torch_samples) == TRAIN - 1
+    else:
+        # Grouped batches of 4: images wait in their bucket over several pipeline runs (DALI hands
+        # out its buffers without copying), and up to 2 x 3 images per loader wait past the epoch.
+        assert len(set(torch_samples) & set(dali_samples)) >= TRAIN - 1 - 2 * 6
+    for image_id in set(torch_samples) & set(dali_samples):
+        image, t = torch_samples[image_id]
         dali_image, d = dali_samples[image_id]
         assert t.flipped == d.flipped == bool(flip_prob)
         assert (t.image_size, t.orig_size) == (d.image_size, d.orig_size)
