@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "common/build_info.h"
+#include "mask_targets/mask_targets.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "MLPerf Mask R-CNN harness operators (C++/CUDA)";
@@ -9,4 +10,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_compiled", &harness::cuda_compiled, "True when the CUDA kernels were built");
   m.def("cuda_archs", &harness::cuda_archs, "CUDA archs the kernels were built for, e.g. ['8.0']");
   m.def("torch_version", &harness::torch_version, "torch version the extension was built against");
+  m.def("mask_targets", &harness::mask_targets,
+        "[K, M, M] float32 0/1 targets: each ROI's object polygons cropped and rasterized as "
+        "pycocotools does");
 }

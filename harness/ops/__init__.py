@@ -3,3 +3,5 @@
 Each op's module holds the argument checks, the autograd.Function where it is differentiable, and a
 pure-PyTorch reference implementation (the test oracle).
 """
+
+from harness.ops.mask_targets import mask_targets, mask_targets_reference
