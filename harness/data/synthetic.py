@@ -14,6 +14,9 @@ earlier one by IoU > 0.5, so no object is hidden entirely.
 Occlusion rule: shapes are drawn in annotation order, later ones on top, and every annotation keeps its
 object's full shape (polygon, box and area of the whole shape, not of its visible part). Images whose
 index is 12 modulo 25 have no objects. Everything is a function of the seed.
+
+`ensure(DIR)` (what the CLI calls) generates the set only when DIR does not already hold a complete
+one with the same parameters: the main job calls it on every start.
 """
 
 from __future__ import annotations
@@ -181,6 +184,24 @@ def generate(out: str | Path, train: int, val: int, seed: int, size: int = 256) 
     return out
 
 
+def ensure(
+    out: str | Path, train: int = 800, val: int = 100, seed: int = 0, size: int = 256
+) -> Path:
+    """The set under `out`, generated unless a complete one with the same parameters is there.
+
+    A marker file written last records the parameters, so an interrupted generation is redone.
+    """
+    out = Path(out)
+    marker = out / ".synthetic-complete"
+    params = json.dumps({"train": train, "val": val, "seed": seed, "size": size})
+    if marker.is_file() and marker.read_text() == params:
+        return out
+    marker.unlink(missing_ok=True)
+    generate(out, train, val, seed, size)
+    marker.write_text(params)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (COCO layout)")
@@ -189,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256, help="longer image side in pixels")
     args = parser.parse_args(argv)
-    out = generate(args.out, args.train, args.val, args.seed, args.size)
+    out = ensure(args.out, args.train, args.val, args.seed, args.size)
     print(f"wrote {args.train} train + {args.val} val images to {out}")
 
 

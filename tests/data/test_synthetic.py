@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from harness.data.synthetic import CATEGORIES, generate, main
+from harness.data.synthetic import CATEGORIES, ensure, generate, main
 from tests.data.conftest import TRAIN, VAL
 
 
@@ -91,3 +91,17 @@ def test_dali_coco_reader_reads_the_original_files(tiny_coco):
     assert sum(len(np.asarray(polys[i])) for i in range(VAL)) == len(coco.anns)
     assert {int(v) for i in range(VAL) for v in np.asarray(labels[i])} <= {c for c, _ in CATEGORIES}
     assert all(np.asarray(images[i]).shape[2] == 3 for i in range(VAL))
+
+
+def test_ensure_generates_once_and_redoes_an_incomplete_set(tmp_path):
+    out = ensure(tmp_path, train=2, val=1, seed=0, size=40)
+    ann = out / "annotations/instances_train2017.json"
+    stamp = ann.stat().st_mtime_ns
+    assert ensure(tmp_path, train=2, val=1, seed=0, size=40) == out
+    assert ann.stat().st_mtime_ns == stamp
+    (out / ".synthetic-complete").unlink()  # as if the first run was killed before finishing
+    ann.write_text("{")
+    ensure(tmp_path, train=2, val=1, seed=0, size=40)
+    assert len(json.loads(ann.read_text())["images"]) == 2
+    ensure(tmp_path, train=3, val=1, seed=0, size=40)
+    assert len(json.loads(ann.read_text())["images"]) == 3
