@@ -16,7 +16,12 @@ from torch import Tensor
 from dali_pipeline.pipeline import READER, coco_pipeline
 from harness.data.batch import Batch, ImageTarget, Normalization
 from harness.data.coco import CocoDataError, CocoSet, write_clean_annotations
-from harness.data.sampler import AspectGrouper, iterations_per_epoch, shard_range
+from harness.data.sampler import (
+    AspectGrouper,
+    batches_consumed,
+    iterations_per_epoch,
+    shard_range,
+)
 from harness.data.transforms import make_target, pad_batch, resized_size
 
 
@@ -144,11 +149,13 @@ def _seed(*parts: int) -> int:
 
 
 class DaliTrainLoader:
-    """Training batches of one rank: `len()` batches per epoch, aspect-ratio grouped.
+    """Training batches of one rank: `len()` batches per epoch, aspect-ratio grouped;
+    num_samples: usable training images over all ranks.
 
-    The reader reshuffles the whole set every epoch from the run's seed (the same order on every rank);
-    a run restarted with set_epoch(e) reseeds from (seed, e) and so is deterministic too, though it
-    does not replay the order of an uninterrupted run.
+    The reader reshuffles the whole set every epoch (the same order on every rank). Its pipeline is
+    built on first use, seeded from (seed, epoch of that use); set_epoch to another epoch than the
+    next one, or with start > 0, rebuilds it seeded from (seed, that epoch), so a resumed run is
+    deterministic too, though it does not replay the order of an uninterrupted one.
     """
 
     def __init__(
@@ -165,11 +172,13 @@ class DaliTrainLoader:
         self.coco, self.settings = coco, settings
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.length = iterations_per_epoch(len(coco.records), world_size, batch_size)
+        self.num_samples = len(coco.records)
         self.grouper: AspectGrouper[tuple[Tensor, ImageTarget]] = AspectGrouper(
             batch_size, grouping
         )
         self.epoch = 0
-        self._start(0)
+        self.skip = 0
+        self.samples: Iterator[tuple[Tensor, ImageTarget]] | None = None
 
     def _start(self, epoch: int) -> None:
         self.grouper.clear()
@@ -186,36 +195,48 @@ class DaliTrainLoader:
         )
         self.samples = iter(stream)
 
+    def _next_group(self) -> list[tuple[Tensor, ImageTarget]]:
+        assert self.samples is not None
+        for image, target in self.samples:
+            batch = self.grouper.push((image, target), target.image_size[1] > target.image_size[0])
+            if batch is not None:
+                return batch
+        raise AssertionError("the DALI sample stream is infinite")
+
     def __len__(self) -> int:
         return self.length
 
-    def set_epoch(self, epoch: int) -> None:
-        """Continue with `epoch`; any other epoch than the next one restarts the reader there."""
-        if epoch != self.epoch:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make the next pass epoch `epoch`, without its first `start` samples (a global count, as
+        checkpoints record it; skipping decodes them). The epoch after the last one continues the
+        reader; any other, or start > 0, rebuilds it there."""
+        skip = batches_consumed(start, self.batch_size, self.world_size)
+        if self.samples is None or epoch != self.epoch or skip:
             self._start(epoch)
-            self.epoch = epoch
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[Batch]:
-        for _ in range(self.length):
-            for image, target in self.samples:
-                batch = self.grouper.push(
-                    (image, target), target.image_size[1] > target.image_size[0]
-                )
-                if batch is not None:
-                    break
+        if self.samples is None:
+            self._start(self.epoch)
+        for _ in range(self.skip):
+            self._next_group()
+        for _ in range(self.length - self.skip):
+            batch = self._next_group()
             images = pad_batch([b[0] for b in batch], self.settings.size_divisibility)
             yield Batch(images, [b[1] for b in batch])
-        self.epoch += 1
+        self.epoch, self.skip = self.epoch + 1, 0
 
 
 class DaliValLoader:
-    """Evaluation batches of one rank: its contiguous shard of the images in id order, each once."""
+    """Evaluation batches of one rank: its contiguous shard of the images in id order, each once;
+    num_samples: val images over all ranks."""
 
     def __init__(
         self, coco: CocoSet, settings: DaliSettings, batch_size: int, rank: int, world_size: int
     ) -> None:
         self.coco, self.settings = coco, settings
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.num_samples = len(coco.records)
         start, end = shard_range(len(coco.records), rank, world_size)
         self.expected_ids = [r.image_id for r in coco.records[start:end]]
 

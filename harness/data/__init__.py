@@ -32,11 +32,16 @@ __all__ = [
 
 
 class TrainLoader(Protocol):
-    """Iterates one epoch of `len()` Batches (CPU tensors, GPU images when DALI decodes on the GPU)."""
+    """Iterates one epoch of `len()` Batches (CPU tensors; the images are on the GPU when DALI
+    decodes there). num_samples: usable training images over all ranks. set_epoch(e, start=k):
+    the next pass is epoch e without its first k samples (global count, a whole number of global
+    batches), reshuffled deterministically from (seed, e)."""
+
+    num_samples: int
 
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[Batch]: ...
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
 
 
 def resolve_loader(data: DataConfig) -> str:

@@ -17,7 +17,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from harness.data.batch import Batch, ImageTarget, Normalization
 from harness.data.coco import CocoDataError, CocoRecord, CocoSet
-from harness.data.sampler import GroupedIndexStream, iterations_per_epoch, shard_range
+from harness.data.sampler import (
+    GroupedIndexStream,
+    batches_consumed,
+    iterations_per_epoch,
+    shard_range,
+)
 from harness.data.transforms import make_target, normalize, pad_batch, resized_size
 
 
@@ -115,7 +120,8 @@ class _EpochBatches:
 
 
 class TorchTrainLoader:
-    """Training batches of one rank: `len()` batches per epoch of `batch_size` images each."""
+    """Training batches of one rank: `len()` batches per epoch of `batch_size` images each;
+    num_samples: usable training images over all ranks."""
 
     def __init__(
         self,
@@ -134,9 +140,10 @@ class TorchTrainLoader:
         self.stream = GroupedIndexStream(
             landscape, batch_size, rank, world_size, seed, flip_prob, grouping
         )
-        self.batches = _EpochBatches(
-            self.stream, iterations_per_epoch(len(recs), world_size, batch_size)
-        )
+        self.length = iterations_per_epoch(len(recs), world_size, batch_size)
+        self.batch_size, self.world_size = batch_size, world_size
+        self.num_samples = len(recs)
+        self.batches = _EpochBatches(self.stream, self.length)
         self.epoch = 0
         self.loader = DataLoader(
             dataset,
@@ -147,21 +154,29 @@ class TorchTrainLoader:
         )
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return self.length
 
-    def set_epoch(self, epoch: int) -> None:
-        """Continue with `epoch`; any other epoch than the next one restarts the order there."""
-        if epoch != self.epoch:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make the next pass epoch `epoch`, without its first `start` samples (a global count, as
+        checkpoints record it). The epoch after the last one continues the stream; any other, or a
+        start > 0, restarts it there (see harness.data.sampler)."""
+        skip = batches_consumed(start, self.batch_size, self.world_size)
+        if epoch != self.epoch or skip:
             self.stream.restart(epoch)
-            self.epoch = epoch
+            for _ in range(skip):
+                self.stream.next_batch()
+        self.epoch = epoch
+        self.batches.length = self.length - skip
 
     def __iter__(self) -> Iterator[Batch]:
         yield from self.loader
         self.epoch += 1
+        self.batches.length = self.length
 
 
 class TorchValLoader:
-    """Evaluation batches of one rank: its contiguous shard of the images in id order, unflipped."""
+    """Evaluation batches of one rank: its contiguous shard of the images in id order, unflipped;
+    num_samples: val images over all ranks."""
 
     def __init__(
         self,
@@ -172,6 +187,7 @@ class TorchValLoader:
         size_divisibility: int,
         num_workers: int,
     ) -> None:
+        self.num_samples = len(dataset)
         start, end = shard_range(len(dataset), rank, world_size)
         keys = [(i, False) for i in range(start, end)]
         batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]

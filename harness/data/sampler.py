@@ -6,6 +6,10 @@ Batches hold only images with width > height or only images with width <= height
 aspect-ratio grouping): samples wait in one bucket per orientation and a full bucket is a batch.
 Buckets carry over from one epoch to the next, so every epoch yields exactly `iterations_per_epoch`
 batches and no image waits more than one epoch.
+
+Resuming (set_epoch(e, start=k) on a fresh loader) restarts epoch e's order with empty buckets and skips
+its first k samples; it differs from the uninterrupted run only in the few images that were waiting
+in the buckets when epoch e began.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
             f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
         )
     return rank * num_items // world_size, (rank + 1) * num_items // world_size
+
+
+def batches_consumed(start: int, batch_size: int, world_size: int) -> int:
+    """Per-rank batches behind `start` samples of an epoch consumed by all ranks together (what a
+    checkpoint records); `start` must be a whole number of global batches."""
+    global_batch = batch_size * world_size
+    if start < 0 or start % global_batch:
+        raise ValueError(f"start={start} is not a whole number of global batches of {global_batch}")
+    return start // global_batch
 
 
 def iterations_per_epoch(num_items: int, world_size: int, batch_size: int) -> int:

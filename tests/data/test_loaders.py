@@ -136,6 +136,23 @@ def test_train_order_is_deterministic_by_seed_and_epoch(tiny_coco, loader):
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+def test_resume_skips_the_consumed_part_of_the_epoch(tiny_coco, loader):
+    def run(start):
+        cfg = _cfg(tiny_coco, loader, ims_per_batch=2)
+        train = build_train_loader(cfg, NORM, rank=0, world_size=1, seed=4)
+        train.set_epoch(1, start=start)
+        return [[(t.image_id, t.flipped) for t in b.targets] for b in train], train
+
+    full, train = run(0)
+    assert len(full) == len(train) == (TRAIN - 1) // 2
+    assert train.num_samples == TRAIN - 1
+    resumed, _ = run(2 * 2)
+    assert resumed == full[2:]
+    with pytest.raises(ValueError, match="whole number of global batches"):
+        train.set_epoch(1, start=3)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 def test_ranks_read_disjoint_shards_of_an_epoch(tiny_coco, loader):
     seen = []
     for rank in range(2):
@@ -161,6 +178,7 @@ def test_val_reads_every_image_once_in_id_order(tiny_coco, loader, world_size):
         ids += [t.image_id for b in batches for t in b.targets]
     expected = [r.image_id for r in load_coco(tiny_coco, "val2017", keep_empty_images=True).records]
     assert ids == expected and len(ids) == VAL
+    assert val.num_samples == VAL
 
 
 @needs_dali
