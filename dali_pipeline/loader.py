@@ -171,7 +171,7 @@ class DaliTrainLoader:
         shard_range(len(coco.records), rank, world_size)
         self.coco, self.settings = coco, settings
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
-        self.length = iterations_per_epoch(len(coco.records), world_size, batch_size)
+        self.length = iterations_per_epoch(len(coco.records), world_size, batch_size, grouping)
         self.num_samples = len(coco.records)
         self.grouper: AspectGrouper[tuple[Tensor, ImageTarget]] = AspectGrouper(
             batch_size, grouping

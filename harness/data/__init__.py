@@ -19,6 +19,7 @@ from harness.config import Config, DataConfig
 from harness.data.batch import Batch, Normalization
 from harness.data.coco import CocoDataError, category_ids, load_coco
 from harness.data.loader import CocoImages, TorchTrainLoader, TorchValLoader
+from harness.data.sampler import iterations_per_epoch
 
 __all__ = [
     "CocoDataError",
@@ -102,10 +103,14 @@ def build_train_loader(
     per_rank = _check(cfg, world_size)
     data = cfg.data
     coco = load_coco(data.root, data.train_split, keep_empty_images=False)
-    if len(coco.records) // world_size < per_rank:
+    if (
+        iterations_per_epoch(len(coco.records), world_size, per_rank, data.aspect_ratio_grouping)
+        < 1
+    ):
         raise CocoDataError(
-            f"{coco.annotation_file}: {len(coco.records)} usable images are fewer than one batch of "
-            f"{per_rank} per rank on {world_size} ranks"
+            f"{coco.annotation_file}: {len(coco.records)} usable images do not fill one batch of "
+            f"{per_rank} per rank and epoch on {world_size} ranks"
+            + (" with aspect-ratio grouping" if data.aspect_ratio_grouping else "")
         )
     if resolve_loader(data) == "dali":
         from dali_pipeline.loader import DaliTrainLoader

@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from harness.data.batch import Batch, ImageTarget, Normalization
 from harness.data.coco import CocoDataError, CocoRecord, CocoSet
 from harness.data.sampler import (
-    GroupedIndexStream,
+    GroupedEpochs,
     batches_consumed,
-    iterations_per_epoch,
     shard_range,
 )
 from harness.data.transforms import make_target, normalize, pad_batch, resized_size
@@ -106,17 +105,16 @@ class _Collate:
 
 
 class _EpochBatches:
-    """The batch sampler of one epoch: `length` batches pulled from the rank's grouped stream."""
+    """The DataLoader's batch sampler: the batches of the epoch being read."""
 
-    def __init__(self, stream: GroupedIndexStream, length: int) -> None:
-        self.stream, self.length = stream, length
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, bool]]] = []
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.batches)
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
-        for _ in range(self.length):
-            yield self.stream.next_batch()
+        return iter(self.batches)
 
 
 class TorchTrainLoader:
@@ -137,41 +135,33 @@ class TorchTrainLoader:
     ) -> None:
         recs = dataset.coco.records
         landscape = np.array([r.width > r.height for r in recs], dtype=bool)
-        self.stream = GroupedIndexStream(
+        self.epochs = GroupedEpochs(
             landscape, batch_size, rank, world_size, seed, flip_prob, grouping
         )
-        self.length = iterations_per_epoch(len(recs), world_size, batch_size)
         self.batch_size, self.world_size = batch_size, world_size
         self.num_samples = len(recs)
-        self.batches = _EpochBatches(self.stream, self.length)
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
+        self.sampler = _EpochBatches()
         self.loader = DataLoader(
             dataset,
-            batch_sampler=self.batches,
+            batch_sampler=self.sampler,
             num_workers=num_workers,
             collate_fn=_Collate(size_divisibility),
             persistent_workers=num_workers > 0,
         )
 
     def __len__(self) -> int:
-        return self.length
+        return self.epochs.length
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Make the next pass epoch `epoch`, without its first `start` samples (a global count, as
-        checkpoints record it). The epoch after the last one continues the stream; any other, or a
-        start > 0, restarts it there (see harness.data.sampler)."""
-        skip = batches_consumed(start, self.batch_size, self.world_size)
-        if epoch != self.epoch or skip:
-            self.stream.restart(epoch)
-            for _ in range(skip):
-                self.stream.next_batch()
-        self.epoch = epoch
-        self.batches.length = self.length - skip
+        checkpoints record it). Without a call, passes run epochs 0, 1, 2, ..."""
+        self.epoch, self.skip = epoch, batches_consumed(start, self.batch_size, self.world_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        self.sampler.batches = self.epochs.batches(self.epoch)[self.skip :]
         yield from self.loader
-        self.epoch += 1
-        self.batches.length = self.length
+        self.epoch, self.skip = self.epoch + 1, 0
 
 
 class TorchValLoader:

@@ -4,17 +4,18 @@ Epoch e of a training run visits a permutation of the whole set drawn from (seed
 rank; rank r reads the contiguous block [r * N // W, (r + 1) * N // W) of it (DALI's shard rule).
 Batches hold only images with width > height or only images with width <= height (the reference's
 aspect-ratio grouping): samples wait in one bucket per orientation and a full bucket is a batch.
-Buckets carry over from one epoch to the next, so every epoch yields exactly `iterations_per_epoch`
-batches and no image waits more than one epoch.
 
-Resuming (set_epoch(e, start=k) on a fresh loader) restarts epoch e's order with empty buckets and skips
-its first k samples; it differs from the uninterrupted run only in the few images that were waiting
-in the buckets when epoch e began.
+Every rank must run the same number of iterations, known before the epoch: `iterations_per_epoch`,
+one batch fewer than the shard could fill without grouping (what grouping can always fill, since each
+orientation's bucket leaves fewer than B images behind). The PyTorch loader's epochs are
+self-contained (`GroupedEpochs`: the batches of epoch e are a function of seed and e alone, up to
+~3 B images per rank and epoch are left out), so a run resumed at any batch replays exactly what an
+uninterrupted run would have read. DALI's reader runs on across epochs, so there images left over at
+the end of an epoch wait in their bucket for the next one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -40,11 +41,12 @@ def batches_consumed(start: int, batch_size: int, world_size: int) -> int:
     return start // global_batch
 
 
-def iterations_per_epoch(num_items: int, world_size: int, batch_size: int) -> int:
-    """Batches per epoch on every rank: the smallest shard's full batches, so all ranks agree."""
+def iterations_per_epoch(num_items: int, world_size: int, batch_size: int, grouping: bool) -> int:
+    """Batches per epoch on every rank (the smallest shard's; see the module docstring)."""
     if batch_size < 1:
         raise ValueError(f"batch size per rank must be >= 1, got {batch_size}")
-    return (num_items // world_size) // batch_size
+    full = (num_items // world_size) // batch_size
+    return max(0, full - 1) if grouping and batch_size > 1 else full
 
 
 class AspectGrouper(Generic[T]):
@@ -78,8 +80,8 @@ def epoch_order(
     return rng.permutation(num_items), rng.random(num_items) < flip_prob
 
 
-class GroupedIndexStream:
-    """Infinite stream of (index, flip) batches for one rank of a training run."""
+class GroupedEpochs:
+    """The (index, flip) batches of one rank, epoch by epoch, each epoch a function of (seed, epoch)."""
 
     def __init__(
         self,
@@ -92,28 +94,23 @@ class GroupedIndexStream:
         grouping: bool,
     ) -> None:
         self.landscape = np.asarray(landscape, dtype=bool)
-        self.rank, self.world_size = rank, world_size
+        self.batch_size, self.grouping = batch_size, grouping
+        self.shard = shard_range(len(self.landscape), rank, world_size)
         self.seed, self.flip_prob = seed, flip_prob
-        self.grouper: AspectGrouper[tuple[int, bool]] = AspectGrouper(batch_size, grouping)
-        self._items: Iterator[tuple[int, bool]] = iter(())
-        self.restart(0)
+        self.length = iterations_per_epoch(len(self.landscape), world_size, batch_size, grouping)
 
-    def restart(self, epoch: int) -> None:
-        """Start over at `epoch` with empty buckets (the state of a fresh run at that epoch)."""
-        self.grouper.clear()
-        self._items = self._from_epoch(epoch)
-
-    def _from_epoch(self, epoch: int) -> Iterator[tuple[int, bool]]:
-        start, end = shard_range(len(self.landscape), self.rank, self.world_size)
-        while True:
-            order, flips = epoch_order(len(self.landscape), self.seed, epoch, self.flip_prob)
-            for pos in range(start, end):
-                yield int(order[pos]), bool(flips[pos])
-            epoch += 1
-
-    def next_batch(self) -> list[tuple[int, bool]]:
-        for index, flip in self._items:
-            batch = self.grouper.push((index, flip), bool(self.landscape[index]))
+    def batches(self, epoch: int) -> list[list[tuple[int, bool]]]:
+        """The `length` batches of `epoch`: lists of (record index, flip) of one orientation."""
+        order, flips = epoch_order(len(self.landscape), self.seed, epoch, self.flip_prob)
+        grouper: AspectGrouper[tuple[int, bool]] = AspectGrouper(self.batch_size, self.grouping)
+        out: list[list[tuple[int, bool]]] = []
+        for pos in range(*self.shard):
+            if len(out) == self.length:
+                break
+            index = int(order[pos])
+            batch = grouper.push((index, bool(flips[pos])), bool(self.landscape[index]))
             if batch is not None:
-                return batch
-        raise AssertionError("the index stream is infinite")
+                out.append(batch)
+        if len(out) != self.length:
+            raise AssertionError(f"epoch {epoch} filled {len(out)} of {self.length} batches")
+        return out
