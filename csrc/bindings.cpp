@@ -3,6 +3,7 @@
 
 #include "common/build_info.h"
 #include "mask_targets/mask_targets.h"
+#include "roi_align/roi_align.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "MLPerf Mask R-CNN harness operators (C++/CUDA)";
@@ -13,4 +14,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mask_targets", &harness::mask_targets,
         "[K, M, M] float32 0/1 targets: each ROI's object polygons cropped and rasterized as "
         "pycocotools does");
+  m.def("roi_align_forward", &harness::roi_align_forward,
+        "[K, C, ph, pw] ROIAlign of every ROI from its level's feature map");
+  m.def("roi_align_backward", &harness::roi_align_backward,
+        "gradients of the feature maps given the pooled gradient [K, C, ph, pw]");
 }

@@ -5,3 +5,10 @@ pure-PyTorch reference implementation (the test oracle).
 """
 
 from harness.ops.mask_targets import mask_targets, mask_targets_reference
+from harness.ops.roi_align import (
+    fpn_levels,
+    multilevel_roi_align,
+    multilevel_roi_align_reference,
+    roi_align,
+    roi_align_reference,
+)
