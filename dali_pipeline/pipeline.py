@@ -16,30 +16,30 @@ from harness.data.batch import Normalization
 from harness.data.transforms import pixel_scale
 
 READER = "coco"
-OUTPUTS = (
-    "images",
-    "boxes",
-    "category_ids",
-    "poly_ranges",
-    "vertices",
-    "image_ids",
-    "shapes",
-    "flips",
-)
+F64 = types.FLOAT64
+
+
+def _round_half_even(x):
+    """Python's round() in DALI arithmetic (DALI has floor but no round)."""
+    low = dmath.floor(x)
+    frac = x - low
+    odd = low - 2.0 * dmath.floor(low * 0.5)
+    return low + fn.cast(frac > 0.5, dtype=F64) + fn.cast(frac == 0.5, dtype=F64) * odd
 
 
 def _resized_extent(shape, min_size: int, max_size: int):
-    """(out_h, out_w) float DataNodes: `harness.data.transforms.resized_size` written in DALI
-    arithmetic, float32 and in the same operation order, so both loaders produce the same sizes."""
-    h = fn.cast(shape[0], dtype=types.FLOAT)
-    w = fn.cast(shape[1], dtype=types.FLOAT)
+    """(out_h, out_w) float32 DataNodes: `harness.data.transforms.resized_size` in DALI arithmetic,
+    float64 and in the same operation order, so both loaders produce the reference's sizes."""
+    h = fn.cast(shape[0], dtype=F64)
+    w = fn.cast(shape[1], dtype=F64)
     short, long = dmath.min(h, w), dmath.max(h, w)
-    capped = fn.cast(long / short * float(min_size) > float(max_size), dtype=types.FLOAT)
-    size = capped * dmath.floor(float(max_size) * short / long + 0.5) + (1.0 - capped) * min_size
-    portrait = fn.cast(w < h, dtype=types.FLOAT)
+    capped = fn.cast(long / short * float(min_size) > float(max_size), dtype=F64)
+    size = capped * _round_half_even(float(max_size) * short / long) + (1.0 - capped) * min_size
+    portrait = fn.cast(w < h, dtype=F64)
     out_h = portrait * dmath.floor(size * h / w) + (1.0 - portrait) * size
     out_w = portrait * size + (1.0 - portrait) * dmath.floor(size * w / h)
-    return out_h, out_w
+    # Whole numbers by now; fn.resize takes its sizes as float32.
+    return fn.cast(out_h, dtype=types.FLOAT), fn.cast(out_w, dtype=types.FLOAT)
 
 
 def coco_pipeline(
@@ -60,7 +60,7 @@ def coco_pipeline(
     flip_prob: float,
     norm: Normalization,
 ) -> Pipeline:
-    """A built pipeline whose outputs are OUTPUTS, per sample:
+    """A built pipeline whose outputs are, per sample:
 
     images:       float32 [3, h, w] normalized (see Normalization), resized, flipped when `flips` is 1;
                   on the GPU when decode_device is "mixed"

@@ -20,19 +20,19 @@ from harness.data.batch import ImageTarget, Normalization, Polygons
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
     """(height, width) after resizing: shorter side to min_size unless the longer would exceed max_size.
 
-    The reference's rule (maskrcnn-benchmark `Resize.get_size`), evaluated in float32 with
-    round-half-up and truncation so that the DALI graph (`dali_pipeline.pipeline`) computes the same.
+    Exactly the reference's rule (maskrcnn-benchmark `Resize.get_size`): float64, Python's
+    round-half-to-even for the capped shorter side, truncation for the longer one. The DALI graph
+    (`dali_pipeline.pipeline`) computes the same in its own float64 arithmetic.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
-    f32 = np.float32
-    short, long = f32(min(height, width)), f32(max(height, width))
-    size = f32(min_size)
-    if long / short * size > f32(max_size):
-        size = f32(math.floor(f32(max_size) * short / long + f32(0.5)))
+    short, long = float(min(height, width)), float(max(height, width))
+    size = float(min_size)
+    if long / short * size > max_size:
+        size = float(round(max_size * short / long))
     if width < height:
-        return int(f32(size) * f32(height) / f32(width)), int(size)
-    return int(size), int(f32(size) * f32(width) / f32(height))
+        return int(size * height / width), int(size)
+    return int(size), int(size * width / height)
 
 
 def make_target(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 
 import pytest
 import torch
+from PIL import Image
 
 from harness.config import Config, DataConfig, SolverConfig
 from harness.data import (
@@ -18,6 +20,7 @@ from harness.data import (
 )
 from harness.data.batch import Batch, Normalization
 from harness.data.coco import load_coco
+from harness.data.transforms import resized_size
 from tests.data.conftest import TRAIN, VAL
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
@@ -255,3 +258,28 @@ def test_image_size_disagreeing_with_annotations_is_an_error(broken_coco, loader
     shutil.copy(broken_coco / "val2017" / other.file_name, victim)
     with pytest.raises(CocoDataError, match=f"{victim.name} is {other.width}x{other.height}"):
         list(build_val_loader(_cfg(broken_coco, loader, val_ims_per_batch=1), NORM, 0, 1))
+
+
+SIZES = [(37, 91), (91, 37), (50, 50), (33, 100), (100, 33), (48, 64), (61, 59), (17, 240)]
+
+
+@needs_dali
+def test_dali_resizes_to_the_reference_size_for_odd_shapes(tmp_path):
+    """Both branches of the size rule (longer side capped or not) in DALI's float32 arithmetic."""
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "annotations").mkdir()
+    images = []
+    for i, (h, w) in enumerate(SIZES, start=1):
+        Image.new("RGB", (w, h), (i * 20, 100, 50)).save(tmp_path / "val2017" / f"{i}.jpg")
+        images.append({"id": i, "file_name": f"{i}.jpg", "height": h, "width": w})
+    doc = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(doc))
+    got = {}
+    for loader in ("pytorch", "dali"):
+        cfg = _cfg(tmp_path, loader, val_ims_per_batch=3)
+        got[loader] = [t.image_size for b in build_val_loader(cfg, NORM, 0, 1) for t in b.targets]
+    expected = [resized_size(h, w, 80, 120) for h, w in SIZES]
+    assert got["dali"] == got["pytorch"] == expected
+    # Capped: shorter side round(120 * 37 / 91) = 49; for 17 x 240 it is round(8.5) = 8 (half to
+    # even, as Python rounds in the reference), longer side int(8 * 240 / 17) = 112.
+    assert expected[0] == (49, 120) and expected[-1] == (8, 112)

@@ -17,6 +17,8 @@ from harness.data.transforms import make_target, normalize, pad_batch, resized_s
         ((200, 1000), (267, 1335)),
         ((1000, 200), (1335, 267)),
         ((800, 800), (800, 800)),
+        ((1, 2), (666, 1332)),  # tie: round(666.5) = 666, half to even like Python's round()
+        ((2, 1), (1332, 666)),
     ],
 )
 def test_resized_size_follows_the_reference(hw, expected):
