@@ -67,14 +67,16 @@ def _incomplete_jpegs(image_dir: Path, names: list[str], limit: int = 10) -> lis
 class _Stream:
     """Decoded samples of one pipeline, one at a time: (image float32 [3, h, w], ImageTarget)."""
 
-    def __init__(self, coco: CocoSet, settings: DaliSettings, **pipeline_args) -> None:
+    def __init__(
+        self, coco: CocoSet, annotation_file: Path, settings: DaliSettings, **pipeline_args
+    ) -> None:
         self.settings = settings
         self.label_of = {cid: i + 1 for i, cid in enumerate(coco.category_ids)}
         self.image_dir = coco.image_dir
         self.records = {r.image_id: r for r in coco.records}
         self.pipe = coco_pipeline(
             image_dir=str(coco.image_dir),
-            annotation_file=str(write_clean_annotations(coco)),
+            annotation_file=str(annotation_file),
             num_threads=settings.num_threads,
             decode_device=settings.decode_device,
             device_id=settings.device_id,
@@ -167,6 +169,8 @@ class DaliTrainLoader:
     ) -> None:
         shard_range(len(coco.records), rank, world_size)
         self.coco, self.settings = coco, settings
+        # Written once per loader: for COCO it takes seconds, too long to repeat at every pass.
+        self.annotation_file = write_clean_annotations(coco)
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.length = iterations_per_epoch(len(coco.records), world_size, batch_size, grouping)
         self.num_samples = len(coco.records)
@@ -181,6 +185,7 @@ class DaliTrainLoader:
         self.grouper.clear()
         stream = _Stream(
             self.coco,
+            self.annotation_file,
             self.settings,
             batch_size=self.batch_size,
             shard_id=self.rank,
@@ -232,6 +237,8 @@ class DaliValLoader:
         self, coco: CocoSet, settings: DaliSettings, batch_size: int, rank: int, world_size: int
     ) -> None:
         self.coco, self.settings = coco, settings
+        # Written once per loader: for COCO it takes seconds, too long to repeat at every pass.
+        self.annotation_file = write_clean_annotations(coco)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.num_samples = len(coco.records)
         start, end = shard_range(len(coco.records), rank, world_size)
@@ -247,6 +254,7 @@ class DaliValLoader:
         # that fill its last pipeline batch are dropped below.
         stream = _Stream(
             self.coco,
+            self.annotation_file,
             self.settings,
             batch_size=self.batch_size,
             shard_id=self.rank,
