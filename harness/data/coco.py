@@ -202,8 +202,18 @@ def write_clean_annotations(coco: CocoSet, cache_dir: str | Path | None = None) 
 
     Boxes are written as [x1, y1, x2 - x1 + 1, y2 - y1 + 1] so that a reader's (x, y, x + w, y + h)
     minus 1 on the right/bottom edge gives back `CocoRecord.boxes`. The file is cached under
-    `cache_dir` (default: the system temp dir) by a hash of its content.
+    `cache_dir` (default: the system temp dir), keyed by the source file (path, size, mtime), the
+    kept image ids and this module's source (the filtering rules): writing it for COCO train takes
+    minutes, and every rank of every run would otherwise repeat it.
     """
+    src = coco.annotation_file.resolve()
+    stat = src.stat()
+    key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
+    key.update(",".join(str(r.image_id) for r in coco.records).encode())
+    key.update(Path(__file__).read_bytes())
+    path = Path(cache_dir or tempfile.gettempdir()) / f"harness-coco-{key.hexdigest()[:16]}.json"
+    if path.exists():
+        return path
     images, annotations = [], []
     for rec in coco.records:
         images.append(
@@ -230,12 +240,10 @@ def write_clean_annotations(coco: CocoSet, cache_dir: str | Path | None = None) 
                 }
             )
     categories = [{"id": c, "name": str(c)} for c in coco.category_ids]
-    text = json.dumps({"images": images, "annotations": annotations, "categories": categories})
-    digest = hashlib.sha1(text.encode()).hexdigest()[:16]
-    path = Path(cache_dir or tempfile.gettempdir()) / f"harness-coco-{digest}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Ranks may write the same file at once: each writes its own temporary and renames it.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    tmp.replace(path)
     return path

@@ -129,7 +129,11 @@ def test_short_polygons_zero_area_boxes_and_crowds_are_counted_skips(tmp_path, t
 def test_clean_annotation_file_round_trips(tmp_path, tiny_coco):
     coco = load_coco(tiny_coco, SPLIT, keep_empty_images=True)
     path = write_clean_annotations(coco, tmp_path)
-    assert path == write_clean_annotations(coco, tmp_path)
+    stamp = path.stat().st_mtime_ns
+    assert write_clean_annotations(coco, tmp_path) == path
+    assert path.stat().st_mtime_ns == stamp  # cached, not rewritten
+    train_view = load_coco(tiny_coco, SPLIT, keep_empty_images=False)
+    assert write_clean_annotations(train_view, tmp_path) != path  # other images kept
     doc = json.loads(path.read_text())
     assert [i["id"] for i in doc["images"]] == [r.image_id for r in coco.records]
     for ann in doc["annotations"]:
