@@ -243,6 +243,8 @@ class DaliValLoader:
         self.num_samples = len(coco.records)
         start, end = shard_range(len(coco.records), rank, world_size)
         self.expected_ids = [r.image_id for r in coco.records[start:end]]
+        # One reader for all passes, built on the first; a pass left unfinished drops it.
+        self.samples: Iterator[tuple[Tensor, ImageTarget]] | None = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.expected_ids) / self.batch_size)
@@ -250,21 +252,21 @@ class DaliValLoader:
     def __iter__(self) -> Iterator[Batch]:
         if not self.expected_ids:
             return
-        # A fresh reader per pass starts at the shard's first image; the samples past the shard's end
-        # that fill its last pipeline batch are dropped below.
-        stream = _Stream(
-            self.coco,
-            self.annotation_file,
-            self.settings,
-            batch_size=self.batch_size,
-            shard_id=self.rank,
-            num_shards=self.world_size,
-            training=False,
-            seed=0,
-            shuffle_seed=0,
-            flip_prob=0.0,
-        )
-        samples = iter(stream)
+        if self.samples is None:
+            stream = _Stream(
+                self.coco,
+                self.annotation_file,
+                self.settings,
+                batch_size=self.batch_size,
+                shard_id=self.rank,
+                num_shards=self.world_size,
+                training=False,
+                seed=0,
+                shuffle_seed=0,
+                flip_prob=0.0,
+            )
+            self.samples = iter(stream)
+        samples, self.samples = self.samples, None  # back only after a complete pass
         for first in range(0, len(self.expected_ids), self.batch_size):
             want = self.expected_ids[first : first + self.batch_size]
             got = [next(samples) for _ in want]
@@ -276,3 +278,10 @@ class DaliValLoader:
             yield Batch(
                 pad_batch([g[0] for g in got], self.settings.size_divisibility), [g[1] for g in got]
             )
+        # The reader pads every shard to the same number of batches (coco_pipeline): read the
+        # padding too, so that the next pass starts at the shard's first image again.
+        longest_shard = math.ceil(len(self.coco.records) / self.world_size)
+        padded = math.ceil(longest_shard / self.batch_size) * self.batch_size
+        for _ in range(padded - len(self.expected_ids)):
+            next(samples)
+        self.samples = samples

@@ -71,7 +71,9 @@ def coco_pipeline(
 
     training: the whole set is reshuffled each epoch from shuffle_seed (give every rank the same one,
     so that the shards partition each epoch) and flipped with probability flip_prob, drawn from `seed`;
-    otherwise images come in id order, never flipped.
+    Otherwise images come in id order, never flipped, and the reader stays on its shard, padded (by
+    repeating its last image) to ceil(ceil(N / num_shards) / batch_size) batches per epoch on every
+    shard, so that each pass over the shard starts at its first image; callers drop the padding.
     """
     if decode_device not in ("cpu", "mixed"):
         raise ValueError(f"decode_device must be 'cpu' or 'mixed', got {decode_device!r}")
@@ -86,10 +88,10 @@ def coco_pipeline(
         exec_dynamic=True,  # fresh, reference-counted output buffers: samples may outlive a run
     )
     with pipe:
-        shuffle = (
+        order = (
             {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": shuffle_seed}
             if training
-            else {}
+            else {"pad_last_batch": True, "stick_to_shard": True}
         )
         jpegs, boxes, cats, polys, verts, ids = fn.readers.coco(
             name=READER,
@@ -105,7 +107,7 @@ def coco_pipeline(
             size_threshold=0.0,
             shard_id=shard_id,
             num_shards=num_shards,
-            **shuffle,
+            **order,
         )
         shape = fn.peek_image_shape(jpegs)
         images = fn.decoders.image(

@@ -176,6 +176,11 @@ def test_val_reads_every_image_once_in_id_order(tiny_coco, loader, world_size):
         )
         batches = list(val)
         assert len(batches) == len(val)
+        # Later passes (DALI keeps one reader for all) and a pass abandoned half-way change nothing.
+        next(iter(val))
+        first_pass = [t.image_id for b in batches for t in b.targets]
+        for _ in range(2):
+            assert [t.image_id for b in val for t in b.targets] == first_pass
         for batch in batches:
             _check_batch(batch, len(batch.targets), 4, grouped=False)
             assert not any(t.flipped for t in batch.targets)
