@@ -243,7 +243,8 @@ def write_clean_annotations(coco: CocoSet, cache_dir: str | Path | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     # Ranks may write the same file at once: each writes its own temporary and renames it.
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    # json.dumps runs the C encoder; json.dump streams through the pure-Python one, 3-4x slower.
+    doc = {"images": images, "annotations": annotations, "categories": categories}
+    tmp.write_text(json.dumps(doc))
     tmp.replace(path)
     return path
