@@ -202,7 +202,7 @@ def write_clean_annotations(coco: CocoSet, cache_dir: str | Path | None = None) 
 
     Boxes are written as [x1, y1, x2 - x1 + 1, y2 - y1 + 1] so that a reader's (x, y, x + w, y + h)
     minus 1 on the right/bottom edge gives back `CocoRecord.boxes`. The file is cached under
-    `cache_dir` (default: the system temp dir), keyed by the source file (path, size, mtime), the
+    `cache_dir` (default: $HARNESS_DATA_CACHE, else the system temp dir), keyed by the source file (path, size, mtime), the
     kept image ids and this module's source (the filtering rules): writing it for COCO train takes
     minutes, and every rank of every run would otherwise repeat it.
     """
@@ -211,7 +211,8 @@ def write_clean_annotations(coco: CocoSet, cache_dir: str | Path | None = None) 
     key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
     key.update(",".join(str(r.image_id) for r in coco.records).encode())
     key.update(Path(__file__).read_bytes())
-    path = Path(cache_dir or tempfile.gettempdir()) / f"harness-coco-{key.hexdigest()[:16]}.json"
+    cache = cache_dir or os.environ.get("HARNESS_DATA_CACHE") or tempfile.gettempdir()
+    path = Path(cache) / f"harness-coco-{key.hexdigest()[:16]}.json"
     if path.exists():
         return path
     images, annotations = [], []
