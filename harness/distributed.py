@@ -10,6 +10,7 @@ import datetime
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -111,6 +112,30 @@ def broadcast_flag(flag: bool) -> bool:
     buffer = torch.tensor([int(bool(flag))], dtype=torch.uint8, device=_comm_device())
     dist.broadcast(buffer, src=0)
     return bool(buffer.item())
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's picklable object (e.g. the run folder it created) on every rank."""
+    if not is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def parameters_in_sync(model: torch.nn.Module) -> bool:
+    """True when every rank holds the same parameters: compares each rank's parameter checksum
+    with rank 0's (one small collective; meant for the end of a run, not every step)."""
+    if not is_initialized():
+        return True
+    with torch.no_grad():
+        total = sum(p.double().sum() for p in model.parameters())
+    checksum = torch.tensor([float(total)], dtype=torch.float64, device=_comm_device())
+    reference = checksum.clone()
+    dist.broadcast(reference, src=0)
+    same = torch.tensor([int(torch.equal(checksum, reference))], device=_comm_device())
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)
+    return bool(same.item())
 
 
 def all_reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             for done_epoch, acc in evaluator.wait_all():
                 seconds = time.perf_counter() - eval_started.pop(done_epoch)
                 reached = record_eval(done_epoch, acc, seconds) or reached
+        if not distributed.parameters_in_sync(model):
+            raise RuntimeError("ranks ended the run with different parameters (DDP out of sync)")
         status = "success" if reached else "aborted"
         exit_code = 0 if reached else EXIT_TARGET_MISSED
     except StopRequested as stop:
