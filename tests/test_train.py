@@ -84,6 +84,7 @@ def checker(log: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=log.parent,  # the checker writes compliance_checker.log into its working directory
     )
 
 
