@@ -1,8 +1,11 @@
 // The only PYBIND11_MODULE of harness._C: one m.def per entry point.
 #include <torch/extension.h>
 
+#include "anchors/anchors.h"
+#include "box_coder/box_coder.h"
 #include "common/build_info.h"
 #include "mask_targets/mask_targets.h"
+#include "nms/nms.h"
 #include "roi_align/roi_align.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -18,4 +21,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "[K, C, ph, pw] ROIAlign of every ROI from its level's feature map");
   m.def("roi_align_backward", &harness::roi_align_backward,
         "gradients of the feature maps given the pooled gradient [K, C, ph, pw]");
+  m.def("nms", &harness::nms,
+        "int64 indices of the boxes greedy NMS keeps, by decreasing score (torchvision.ops.nms)");
+  m.def("batched_nms", &harness::batched_nms,
+        "nms within each group of equal idxs, all groups in one call (torchvision batched_nms)");
+  m.def("generate_anchors", &harness::generate_anchors,
+        "per-level float32 [H*W*A, 4] anchors of the MLPerf reference, all levels in one pass");
+  m.def("encode_boxes", &harness::encode_boxes,
+        "[N, 4] regression deltas moving proposals onto reference boxes (maskrcnn-benchmark)");
+  m.def("decode_boxes", &harness::decode_boxes,
+        "[N, 4k] boxes predicted by deltas from boxes, dw/dh clamped (maskrcnn-benchmark)");
 }

@@ -1,0 +1,213 @@
+"""encode_boxes / decode_boxes: the MLPerf reference's BoxCoder, kernels vs the pure-PyTorch path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.ops import decode_boxes, decode_boxes_reference, encode_boxes, encode_boxes_reference
+from tests.conftest import devices
+
+BOX_HEAD = (10.0, 10.0, 5.0, 5.0)
+CLIP = math.log(1000.0 / 16)
+TOLERANCE = {
+    torch.float32: {"rtol": 1e-5, "atol": 1e-4},
+    torch.float64: {"rtol": 1e-12, "atol": 1e-9},
+}
+
+
+def random_boxes(n: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 1000
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 300 + 10
+    return torch.cat([xy, xy + wh], 1).to(dtype)
+
+
+def maybe_strided(t: torch.Tensor, contiguous: bool) -> torch.Tensor:
+    """t itself, or the same values as a non-contiguous view (columns of a wider buffer)."""
+    if contiguous:
+        return t
+    wide = torch.zeros(t.shape[0], 2 * t.shape[1], dtype=t.dtype, device=t.device)
+    wide[:, ::2] = t
+    return wide[:, ::2]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_encode_decode_match_reference(device, dtype, contiguous):
+    proposals = maybe_strided(random_boxes(500, dtype, 1).to(device), contiguous)
+    gt = maybe_strided(random_boxes(500, dtype, 2).to(device), contiguous)
+    deltas = encode_boxes(gt, proposals, BOX_HEAD)
+    assert deltas.dtype == dtype and deltas.shape == (500, 4)
+    torch.testing.assert_close(
+        deltas, encode_boxes_reference(gt, proposals, BOX_HEAD), **TOLERANCE[dtype]
+    )
+    head = maybe_strided(torch.randn(500, 81 * 4, dtype=dtype).to(device) * 3, contiguous)
+    torch.testing.assert_close(
+        decode_boxes(head, proposals, BOX_HEAD),
+        decode_boxes_reference(head, proposals, BOX_HEAD),
+        **TOLERANCE[dtype],
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_round_trip(dtype):
+    proposals = random_boxes(300, dtype, 3)
+    gt = random_boxes(300, dtype, 4)
+    for weights in ((1.0, 1.0, 1.0, 1.0), BOX_HEAD):
+        decoded = decode_boxes(encode_boxes(gt, proposals, weights), proposals, weights)
+        torch.testing.assert_close(
+            decoded, gt, rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-9
+        )
+
+
+def test_golden():
+    proposal = torch.tensor([[0.0, 0.0, 9.0, 9.0]])  # w = h = 10 (inclusive), centre (5, 5)
+    gt = torch.tensor([[10.0, 0.0, 19.0, 19.0]])  # w = 10, h = 20, centre (15, 10)
+    deltas = encode_boxes(gt, proposal, BOX_HEAD)
+    # (10 * (15 - 5) / 10, 10 * (10 - 5) / 10, 5 * log(10 / 10), 5 * log(20 / 10))
+    torch.testing.assert_close(deltas, torch.tensor([[10.0, 5.0, 0.0, 5 * math.log(2)]]))
+    torch.testing.assert_close(decode_boxes(deltas, proposal, BOX_HEAD), gt)
+
+
+def test_decode_clamps_scale():
+    box = torch.tensor([[0.0, 0.0, 15.0, 15.0]])  # w = h = 16, centre (8, 8)
+    deltas = torch.tensor([[0.0, 0.0, 100.0, -2.0]])
+    # dw clamps at log(1000 / 16): width 1000, so (8 - 500, ., 8 + 500 - 1, .); dh is not clamped.
+    h = 16 * math.exp(-2.0)
+    expected = torch.tensor([[-492.0, 8 - 0.5 * h, 507.0, 8 + 0.5 * h - 1]])
+    torch.testing.assert_close(decode_boxes(deltas, box, (1, 1, 1, 1)), expected)
+    torch.testing.assert_close(
+        decode_boxes(deltas, box, (1, 1, 1, 1), bbox_xform_clip=0.0)[0, 2], torch.tensor(15.0)
+    )
+
+
+def test_half_precision_close_to_float():
+    proposals = random_boxes(200, seed=5)
+    deltas = torch.randn(200, 4)
+    ours = decode_boxes(deltas.half(), proposals.half(), BOX_HEAD)
+    assert ours.dtype == torch.float16
+    torch.testing.assert_close(
+        ours.float(), decode_boxes(deltas, proposals.half().float(), BOX_HEAD), rtol=2e-3, atol=0.5
+    )
+
+
+def test_empty():
+    assert encode_boxes(torch.zeros(0, 4), torch.zeros(0, 4), BOX_HEAD).shape == (0, 4)
+    assert decode_boxes(torch.zeros(0, 8), torch.zeros(0, 4), BOX_HEAD).shape == (0, 8)
+
+
+def test_gradients_flow_through_reference_path():
+    proposals = random_boxes(6, torch.float64, 6)
+    gt = random_boxes(6, torch.float64, 7).requires_grad_()
+    deltas = (torch.randn(6, 8, dtype=torch.float64) * 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda d: decode_boxes(d, proposals, BOX_HEAD), (deltas,))
+    assert torch.autograd.gradcheck(lambda g: encode_boxes(g, proposals, BOX_HEAD), (gt,))
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (
+            lambda: encode_boxes(torch.zeros(3, 5), torch.zeros(3, 5), BOX_HEAD),
+            ValueError,
+            "reference_boxes must have shape",
+        ),
+        (
+            lambda: encode_boxes(torch.zeros(3, 4), torch.zeros(2, 4), BOX_HEAD),
+            ValueError,
+            "proposals must have shape",
+        ),
+        (
+            lambda: encode_boxes(torch.zeros(3, 4), torch.zeros(3, 4).double(), BOX_HEAD),
+            ValueError,
+            "proposals must have the dtype",
+        ),
+        (
+            lambda: encode_boxes(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 4), BOX_HEAD),
+            ValueError,
+            "reference_boxes must be floating",
+        ),
+        (
+            lambda: encode_boxes(torch.zeros(3, 4), torch.zeros(3, 4), (1, 1, 1)),
+            ValueError,
+            "weights",
+        ),
+        (
+            lambda: encode_boxes(torch.zeros(3, 4), torch.zeros(3, 4), (1, 1, 0, 1)),
+            ValueError,
+            r"weights\[2\]",
+        ),
+        (
+            lambda: decode_boxes(torch.zeros(3, 6), torch.zeros(3, 4), BOX_HEAD),
+            ValueError,
+            "deltas must have shape",
+        ),
+        (
+            lambda: decode_boxes(torch.zeros(3, 8), torch.zeros(3, 3), BOX_HEAD),
+            ValueError,
+            "boxes must have shape",
+        ),
+        (
+            lambda: decode_boxes(torch.zeros(3, 4), torch.zeros(3, 4), BOX_HEAD, float("nan")),
+            ValueError,
+            "bbox_xform_clip",
+        ),
+        (
+            lambda: decode_boxes([[0, 0, 1, 1]], torch.zeros(1, 4), BOX_HEAD),
+            TypeError,
+            "deltas must be a Tensor",
+        ),
+    ],
+)
+def test_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(0, 4),
+    first_width=st.integers(0, 9),
+    second_rows=st.integers(0, 4),
+    second_width=st.integers(0, 5),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int32]),
+    weights=st.lists(
+        st.one_of(st.floats(allow_nan=True), st.integers(-2, 3), st.none()), max_size=5
+    ),
+)
+def test_fuzz_arguments_raise_or_work(rows, first_width, second_rows, second_width, dtype, weights):
+    first = torch.rand(rows, first_width).to(dtype)
+    second = torch.rand(second_rows, second_width).to(dtype)
+    for call in (
+        lambda: encode_boxes(first, second, weights),
+        lambda: decode_boxes(first, second, weights),
+    ):
+        try:
+            out = call()
+        except (TypeError, ValueError):
+            continue
+        assert out.shape == first.shape
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    proposals, gt = random_boxes(1000, seed=8), random_boxes(1000, seed=9)
+    deltas = torch.randn(1000, 81 * 4)
+    torch.testing.assert_close(
+        encode_boxes(gt.cuda(), proposals.cuda(), BOX_HEAD).cpu(),
+        encode_boxes(gt, proposals, BOX_HEAD),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    torch.testing.assert_close(
+        decode_boxes(deltas.cuda(), proposals.cuda(), BOX_HEAD).cpu(),
+        decode_boxes(deltas, proposals, BOX_HEAD),
+        rtol=1e-5,
+        atol=1e-3,
+    )

@@ -1,0 +1,215 @@
+"""nms / batched_nms: identical to torchvision (kept set and order), the reference, and CUDA vs CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.ops import batched_nms, batched_nms_reference, nms, nms_reference
+from tests.conftest import devices
+
+
+def rpn_like(n: int, seed: int, dtype=torch.float32, ties: bool = False):
+    """Boxes clustered around n // 16 objects (NMS at 0.7 removes about half), random scores."""
+    g = torch.Generator().manual_seed(seed)
+    k = max(n // 16, 1)
+    obj_ctr = torch.rand(k, 2, generator=g) * torch.tensor([1344.0, 800.0])
+    obj_wh = torch.exp(torch.rand(k, 2, generator=g) * 4 + 2.5)
+    pick = torch.randint(0, k, (n,), generator=g)
+    wh = obj_wh[pick] * torch.exp(torch.randn(n, 2, generator=g) * 0.15)
+    ctr = obj_ctr[pick] + torch.randn(n, 2, generator=g) * 0.1 * wh
+    boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], 1).to(dtype)
+    scores = torch.rand(n, generator=g, dtype=dtype)
+    if ties:
+        scores = (scores * 4).round() / 4
+    return boxes, scores
+
+
+def non_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """Same values, every other element of a buffer twice the size."""
+    out = torch.empty((*t.shape, 2), dtype=t.dtype, device=t.device)[..., 0]
+    out.copy_(t)
+    assert not out.is_contiguous() or t.numel() <= 1
+    return out
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_nms_matches_torchvision(device, dtype, contiguous):
+    for seed in range(24):
+        n = [0, 1, 2, 7, 64, 65, 200, 500][seed % 8]
+        boxes, scores = rpn_like(n, seed, dtype, ties=seed % 3 == 0)
+        threshold = [0.0, 0.3, 0.5, 0.7, 0.9, 1.0][seed % 6]
+        boxes, scores = boxes.to(device), scores.to(device)
+        if not contiguous:
+            boxes, scores = non_contiguous(boxes), non_contiguous(scores)
+        # On each device against torchvision's kernel for it: tied scores follow that device's sort.
+        expected = torchvision.ops.nms(boxes, scores, threshold)
+        assert torch.equal(nms(boxes, scores, threshold), expected), (seed, n, threshold)
+
+
+@pytest.mark.parametrize("n,groups", [(300, 4), (1500, 10)])
+def test_batched_nms_matches_torchvision(n, groups):
+    # 300 boxes take torchvision's offset-trick path, 1500 its per-group path (> 4000 coordinates);
+    # quantized scores make many ties, whose order differs between the two paths.
+    for seed in range(6):
+        boxes, scores = rpn_like(n, seed, ties=True)
+        idxs = torch.randint(0, groups, (n,), generator=torch.Generator().manual_seed(seed))
+        for threshold in (0.5, 0.7):
+            expected = torchvision.ops.batched_nms(boxes, scores, idxs, threshold)
+            assert torch.equal(batched_nms(boxes, scores, idxs, threshold), expected)
+
+
+def test_nms_matches_reference():
+    for seed in range(10):
+        boxes, scores = rpn_like(150, seed, ties=seed % 2 == 0)
+        assert torch.equal(nms(boxes, scores, 0.6), nms_reference(boxes, scores, 0.6))
+        idxs = torch.randint(0, 3, (150,))
+        assert torch.equal(
+            batched_nms(boxes, scores, idxs, 0.6), batched_nms_reference(boxes, scores, idxs, 0.6)
+        )
+
+
+def test_golden_tiny():
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30.0]])
+    scores = torch.tensor([0.8, 0.9, 0.7])
+    # IoU(0, 1) = 81 / (100 + 100 - 81) = 0.68: box 0 goes at 0.5, stays at 0.7.
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.7).tolist() == [1, 0, 2]
+
+
+def test_threshold_compared_in_float64():
+    # IoU = 1/3 in float32 is 0.33333334 > 1/3 in float64: suppressed, as torchvision does; a
+    # float32 comparison with the rounded threshold would keep it.
+    boxes = torch.tensor([[0, 0, 2, 1], [1, 0, 3, 1.0]])
+    scores = torch.tensor([0.9, 0.8])
+    assert nms(boxes, scores, 1 / 3).tolist() == [0]
+    assert torchvision.ops.nms(boxes, scores, 1 / 3).tolist() == [0]
+    # IoU exactly 0.5 is not above 0.5.
+    half = torch.tensor([[0, 0, 2, 1], [0, 0, 1, 1.0]])
+    assert nms(half, scores, 0.5).tolist() == [0, 1]
+
+
+def test_ties_keep_lower_index_first():
+    boxes = torch.tensor([[0, 0, 10, 10.0]]).repeat(5, 1)
+    scores = torch.full((5,), 0.5)
+    assert nms(boxes, scores, 0.5).tolist() == [0]
+    far = boxes + torch.arange(5.0)[:, None] * 100
+    assert nms(far, scores, 0.5).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_groups_never_suppress_each_other():
+    boxes = torch.tensor([[0, 0, 10, 10.0]]).repeat(4, 1)
+    scores = torch.tensor([0.1, 0.4, 0.3, 0.2])
+    idxs = torch.tensor([7, -3, 7, 1000000], dtype=torch.int32)
+    assert batched_nms(boxes, scores, idxs, 0.5).tolist() == [1, 2, 3]
+
+
+def test_empty_single_and_zero_area():
+    empty = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
+    assert empty.dtype == torch.int64 and empty.shape == (0,)
+    assert batched_nms(
+        torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5
+    ).shape == (0,)
+    assert nms(torch.tensor([[1, 2, 3, 4.0]]), torch.tensor([0.3]), 0.5).tolist() == [0]
+    # Zero-area boxes have IoU 0 / 0 = NaN with each other, which suppresses nothing.
+    points = torch.tensor([[5, 5, 5, 5.0], [5, 5, 5, 5], [0, 0, 10, 10]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert nms(points, scores, 0.1).tolist() == torchvision.ops.nms(points, scores, 0.1).tolist()
+    assert nms(points, scores, 0.1).tolist() == [0, 1, 2]
+
+
+def test_permutation_invariance():
+    boxes, scores = rpn_like(300, 3)
+    perm = torch.randperm(300)
+    kept = nms(boxes, scores, 0.7)
+    assert torch.equal(perm[nms(boxes[perm], scores[perm], 0.7)], kept)
+
+
+@pytest.mark.parametrize(
+    "boxes,scores,threshold,error,match",
+    [
+        (torch.zeros(3, 5), torch.zeros(3), 0.5, ValueError, "boxes must have shape"),
+        (torch.zeros(3, 4), torch.zeros(4), 0.5, ValueError, "scores must have shape"),
+        (
+            torch.zeros(3, 4, dtype=torch.int32),
+            torch.zeros(3),
+            0.5,
+            ValueError,
+            "boxes must be float",
+        ),
+        (
+            torch.zeros(3, 4),
+            torch.zeros(3, dtype=torch.float64),
+            0.5,
+            ValueError,
+            "scores must have the dtype",
+        ),
+        (torch.full((2, 4), float("nan")), torch.zeros(2), 0.5, ValueError, "boxes contains NaN"),
+        (
+            torch.zeros(2, 4),
+            torch.tensor([0.1, float("nan")]),
+            0.5,
+            ValueError,
+            "scores contains NaN",
+        ),
+        (torch.zeros(2, 4), torch.zeros(2), float("nan"), ValueError, "iou_threshold"),
+        (torch.zeros(2, 4), torch.zeros(2), "0.5", TypeError, "iou_threshold"),
+        ([[0, 0, 1, 1]], torch.zeros(1), 0.5, TypeError, "boxes must be a Tensor"),
+    ],
+)
+def test_bad_arguments(boxes, scores, threshold, error, match):
+    with pytest.raises(error, match=match):
+        nms(boxes, scores, threshold)
+
+
+def test_bad_idxs():
+    boxes, scores = torch.zeros(3, 4), torch.zeros(3)
+    with pytest.raises(ValueError, match="idxs must have an integer dtype"):
+        batched_nms(boxes, scores, torch.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="idxs must have shape"):
+        batched_nms(boxes, scores, torch.zeros(2, dtype=torch.long), 0.5)
+    with pytest.raises(TypeError, match="idxs must be a Tensor"):
+        batched_nms(boxes, scores, [0, 0, 0], 0.5)
+
+
+_dtypes = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 6),
+    width=st.integers(0, 6),
+    score_n=st.integers(0, 6),
+    box_dtype=_dtypes,
+    score_dtype=_dtypes,
+    idx_n=st.integers(0, 6),
+    threshold=st.one_of(st.floats(allow_nan=True), st.none(), st.booleans(), st.integers()),
+)
+def test_fuzz_arguments_raise_or_work(n, width, score_n, box_dtype, score_dtype, idx_n, threshold):
+    boxes = (torch.rand(n, width) * 10).to(box_dtype)
+    scores = torch.rand(score_n).to(score_dtype)
+    idxs = torch.zeros(idx_n, dtype=torch.long)
+    for call in (
+        lambda: nms(boxes, scores, threshold),
+        lambda: batched_nms(boxes, scores, idxs, threshold),
+    ):
+        try:
+            kept = call()
+        except (TypeError, ValueError):
+            continue
+        assert kept.dtype == torch.int64 and kept.numel() <= n
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu():
+    for seed in range(8):
+        boxes, scores = rpn_like(3000, seed)
+        idxs = torch.randint(0, 10, (3000,), generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(nms(boxes.cuda(), scores.cuda(), 0.7).cpu(), nms(boxes, scores, 0.7))
+        gpu = batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.7).cpu()
+        assert torch.equal(gpu, batched_nms(boxes, scores, idxs, 0.7))
