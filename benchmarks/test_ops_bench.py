@@ -18,10 +18,13 @@ from harness.ops import (
     encode_boxes,
     fpn_levels,
     generate_anchors,
+    mask_targets,
+    mask_targets_reference,
     multilevel_roi_align,
     nms,
     roi_align,
 )
+from tests.ops.test_mask_targets import coco_like_case
 from tests.ops.test_nms import rpn_like
 
 # --- roi_align ---
@@ -260,3 +263,27 @@ def test_decode_box_head_1000x81_peer(benchmark, box_coder_inputs, bench_device)
 
 
 # --- mask targets ---
+
+
+@pytest.fixture(scope="module")
+def mask_targets_inputs(bench_device: torch.device):
+    """256 positive ROIs jittered around the objects of 2 images at 800x1344, COCO-like objects of
+    1-3 polygons with 10-60 vertices (seeded); M = 28 as in the reference."""
+    polygons, rois, roi_objects = coco_like_case(torch.Generator().manual_seed(0), 2, 128)
+    return polygons.to(bench_device), rois.to(bench_device), roi_objects.to(bench_device)
+
+
+def _run_mask_targets(op, inputs, device: torch.device):
+    out = op(*inputs, 28)
+    sync(device)
+    return out
+
+
+@pytest.mark.benchmark(group="mask_targets")
+def test_mask_targets_ours(benchmark, mask_targets_inputs, bench_device):
+    benchmark(_run_mask_targets, mask_targets, mask_targets_inputs, bench_device)
+
+
+@pytest.mark.benchmark(group="mask_targets")
+def test_mask_targets_peer(benchmark, mask_targets_inputs, bench_device):
+    benchmark(_run_mask_targets, mask_targets_reference, mask_targets_inputs, bench_device)

@@ -10,18 +10,20 @@
 //
 // Here each edge yields its crossings directly: on an x-major edge the crossing of column c is at a
 // known step, on a y-major edge the fine x is monotone in the step, so it is found from an estimate
-// and a short exact search. Both evaluate the same double expressions as the C code, so the rows
-// match bit for bit. Fine points where consecutive edges meet share their x (or both lie left of
-// column 0), so joins never cross a column; every column is therefore crossed an even number of
-// times by a closed polygon, and its fill is the running parity of its own toggles (a toggle
-// clamped to row h affects nothing). That makes columns independent: no run-length encoding, no
-// sorting.
+// and a short exact search. Both evaluate fine points with the same double expressions as the C
+// code, and the row formula has an exact integer equivalent, so the toggles match bit for bit.
+// Fine points where consecutive edges meet share their x (or both lie left of column 0), so joins
+// never cross a column; every column is therefore crossed an even number of times by a closed
+// polygon, and its fill is the running parity of its own toggles (a toggle clamped to row h affects
+// nothing). That makes columns independent: no run-length encoding, no sorting; a column is a
+// bitmap of toggles whose prefix XOR is its fill.
 //
 // Integer ranges: callers bound coordinates so that 5 * |scaled coordinate| < 2^30 (see
 // harness/ops/mask_targets.py); all fine-grid arithmetic then fits in int.
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #include "common/macros.h"
 
@@ -89,10 +91,40 @@ HOST_DEVICE_INLINE int fine_coord(float v, float origin, float scale) {
 }
 
 // The mask row where a crossing whose lower fine y is `fine_y` starts toggling, in [0, mask_size].
+// maskApi.c computes ceil(clamp((fine_y + .5) / 5 - .5, 0, h)) in double; for an integer fine_y
+// that quotient is (fine_y - 2) / 5 rounded by far less than the 0.2 gap to the next integer, so
+// integer arithmetic gives the same row.
 HOST_DEVICE_INLINE int crossing_row(int fine_y, int mask_size) {
-  double y = add_rn(add_rn(static_cast<double>(fine_y), 0.5) / kFine, -0.5);
-  y = y < 0 ? 0 : (y > mask_size ? static_cast<double>(mask_size) : y);
-  return static_cast<int>(ceil(y));
+  const int row = ceil_div(fine_y - 2, kFine);
+  return row < 0 ? 0 : (row > mask_size ? mask_size : row);
+}
+
+// Column bitmaps: bit r of word w of a column stands for row 64 * w + r.
+constexpr int kRowsPerWord = 64;
+
+HOST_DEVICE_INLINE int column_words(int mask_size) {
+  return (mask_size + kRowsPerWord - 1) / kRowsPerWord;
+}
+
+// Turns a column's toggle bits into its fill bits in place: a row is inside when an odd number of
+// toggles sit at or above it. A prefix XOR within each word, carried across words. Word is a 64-bit
+// unsigned type (CUDA's atomics want unsigned long long, the host code uses uint64_t).
+template <typename Word>
+HOST_DEVICE_INLINE void toggles_to_fill(Word* words, int count) {
+  static_assert(sizeof(Word) * 8 == kRowsPerWord, "a column word holds 64 rows");
+  Word carry = 0;
+  for (int w = 0; w < count; ++w) {
+    Word x = words[w];
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x ^= carry;
+    carry = Word{0} - (x >> 63);
+    words[w] = x;
+  }
 }
 
 // Calls toggle(column, row) for every pixel-column crossing of the edge (xs, ys) -> (xe, ye) (fine
