@@ -26,10 +26,10 @@ from torch import Tensor
 from harness import extension
 from harness.data.batch import Polygons
 
-# Coordinates beyond this (pixels) are rejected: with mask_size <= MAX_MASK_SIZE it keeps
-# rleFrPoly's fine-grid integers (5 * scaled coordinate) far inside int32.
+# Coordinates beyond this (pixels) are rejected: with mask_size <= MAX_MASK_SIZE, rleFrPoly's
+# fine-grid integers stay within 5 * 2e5 * 512 < 2^30, so their differences fit in int32.
 MAX_ABS_COORDINATE = 1.0e5
-MAX_MASK_SIZE = 512
+MAX_MASK_SIZE = 512  # kMaxMaskSize in csrc/mask_targets/mask_targets.h
 
 
 def _check_tensor(name: str, value: object, dtype: torch.dtype, shape: str, ok: bool) -> None:
@@ -117,6 +117,11 @@ def _check_arguments(polygons: Polygons, rois: Tensor, roi_objects: Tensor, mask
         return
     if flags[0]:
         raise ValueError(f"polygons.poly_offsets must run from 0 to V={num_vertices}")
+    if flags[2]:
+        raise ValueError(f"polygons.obj_offsets must run from 0 to P={num_polys}")
+    if flags[3]:
+        raise ValueError("polygons.obj_offsets must be non-decreasing")
+    # Named by object and polygon index once the object partition is known to be sound.
     if flags[1]:
         p = int(torch.nonzero(poly_sizes < 3)[0])
         n = int(torch.searchsorted(obj_offsets, p, right=True)) - 1
@@ -124,10 +129,6 @@ def _check_arguments(polygons: Polygons, rois: Tensor, roi_objects: Tensor, mask
             f"polygons: object {n} polygon {p - int(obj_offsets[n])} has {int(poly_sizes[p])} "
             "vertices; a polygon needs at least 3"
         )
-    if flags[2]:
-        raise ValueError(f"polygons.obj_offsets must run from 0 to P={num_polys}")
-    if flags[3]:
-        raise ValueError("polygons.obj_offsets must be non-decreasing")
     if flags[4]:
         raise ValueError(f"roi_objects must index objects in [0, {num_objects})")
     if flags[5]:
