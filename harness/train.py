@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="configs/NAME.yaml, or 'auto' to detect")
     p.add_argument("--resume", default=None, help="run directory to continue from its checkpoints")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def resolve_config(name: str, overrides: list[str]) -> tuple[config.Config, platform.Hardware]:
