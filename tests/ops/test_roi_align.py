@@ -125,7 +125,7 @@ def test_gradcheck(aligned):
 
 
 def test_gradcheck_multilevel():
-    features = [t.requires_grad_() for t in pyramid(2, 2, 8, 3, dtype=torch.float64)]
+    features = [t.requires_grad_() for t in pyramid(2, 1, 8, 3, dtype=torch.float64)]
     rois = torch.tensor(
         [[0, 1.3, 2.1, 6.7, 6.2], [1, 3.1, 4.4, 14.9, 16.6], [0, 0.6, 1.8, 40.3, 30.7]],
         dtype=torch.float64,
