@@ -51,11 +51,23 @@ HOST_DEVICE_INLINE void write_anchor(const AnchorGrid& grid, const float* cells,
 std::vector<std::array<double, 4>> legacy_cell_anchors(int64_t stride, double size,
                                                        const std::vector<double>& aspect_ratios);
 
-// Fills out [grid.offset[num_levels], 4] float32 (contiguous) from cells.
+// Fill out [grid.offset[num_levels], 4] float32 (contiguous) from cells, on out's device.
 void grid_anchors_cpu(const at::Tensor& cells, const AnchorGrid& grid, at::Tensor& out);
 #ifdef WITH_CUDA
 void grid_anchors_cuda(const at::Tensor& cells, const AnchorGrid& grid, at::Tensor& out);
 #endif
+
+inline void grid_anchors(const at::Tensor& cells, const AnchorGrid& grid, at::Tensor& out) {
+  if (out.is_cuda()) {
+#ifdef WITH_CUDA
+    grid_anchors_cuda(cells, grid, out);
+    return;
+#else
+    TORCH_CHECK(false, "generate_anchors: device is CUDA but harness._C was built without CUDA");
+#endif
+  }
+  grid_anchors_cpu(cells, grid, out);
+}
 
 // All levels' anchors, written in one pass into one buffer and returned as per-level views
 // [H_l * W_l * A, 4] float32 (x1, y1, x2, y2) in input-image pixels, A = len(aspect_ratios).

@@ -1,4 +1,4 @@
-// Cell anchors (host, float64) and the CPU grid kernel; generate_anchors picks CPU or CUDA.
+// Cell anchors (host, float64), the CPU grid kernel, and generate_anchors around them.
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -82,15 +82,7 @@ std::vector<at::Tensor> generate_anchors(const std::vector<std::vector<int64_t>>
   if (total > 0) {
     const at::Tensor cell_t =
         at::tensor(cells, at::kFloat).view({-1, 4}).to(device, /*non_blocking=*/false);
-    if (device.is_cuda()) {
-#ifdef WITH_CUDA
-      grid_anchors_cuda(cell_t, grid, out);
-#else
-      TORCH_CHECK(false, "generate_anchors: device is CUDA but harness._C was built without CUDA");
-#endif
-    } else {
-      grid_anchors_cpu(cell_t, grid, out);
-    }
+    grid_anchors(cell_t, grid, out);
   }
   std::vector<at::Tensor> levels;
   for (int64_t l = 0; l < num_levels; ++l) {
