@@ -71,7 +71,7 @@ _harness_setup() {
     (cd "$_harness_root" && "$PY" setup.py -q build_ext --inplace) >>"$_harness_log" 2>&1 \
       || { _harness_fail "build harness._C (setup.py build_ext)"; return 1; }
     # Register the package (editable) once, so `python -m harness...` works from any directory.
-    if [[ "$(cd / && "$PY" -c 'import harness,os;print(os.path.dirname(harness.__file__))' 2>/dev/null)" != "$_harness_root/harness" ]]; then
+    if [[ "$(cd / && "$PY" -c 'import harness,dali_pipeline,os;print(os.path.dirname(harness.__file__))' 2>/dev/null)" != "$_harness_root/harness" ]]; then
       (cd "$_harness_root" && "$PY" -m pip install -q --no-build-isolation --no-deps -e .) >>"$_harness_log" 2>&1 \
         || { _harness_fail "pip install -e ."; return 1; }
     fi
