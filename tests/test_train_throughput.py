@@ -12,7 +12,6 @@ from benchmarks.train_throughput import main, parse_args
 TINY = ["--device", "cpu", "--batch-sizes", "1", "--image-size", "128", "160"]
 
 
-@pytest.mark.slow
 def test_cpu_smoke_run_writes_both_models_report(tmp_path, capsys):
     out = tmp_path / "nested" / "throughput.json"
     main([*TINY, "--iters", "1", "--warmup", "0", "--no-amp", "--json", str(out)])
