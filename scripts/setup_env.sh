@@ -68,12 +68,14 @@ _harness_setup() {
   if [[ "$(cat "$ext_stamp" 2>/dev/null)" != "$want_ext" ]] || ! compgen -G "$_harness_root/harness/_C*.so" >/dev/null; then
     echo "setup_env: building harness._C (FORCE_CUDA=${FORCE_CUDA:-auto})" >&2
     rm -f "$ext_stamp"
-    (cd "$_harness_root" && "$PY" setup.py -q build_ext --inplace) >>"$_harness_log" 2>&1 \
-      || { _harness_fail "build harness._C (setup.py build_ext)"; return 1; }
-    # Register the package (editable) once, so `python -m harness...` works from any directory.
+    # The first time, `pip install -e .` registers the package and builds the extension in place;
+    # afterwards an in-place build_ext recompiles only what changed (ninja).
     if [[ "$(cd / && "$PY" -c 'import harness,dali_pipeline,os;print(os.path.dirname(harness.__file__))' 2>/dev/null)" != "$_harness_root/harness" ]]; then
       (cd "$_harness_root" && "$PY" -m pip install -q --no-build-isolation --no-deps -e .) >>"$_harness_log" 2>&1 \
-        || { _harness_fail "pip install -e ."; return 1; }
+        || { _harness_fail "pip install -e . (builds harness._C)"; return 1; }
+    else
+      (cd "$_harness_root" && "$PY" setup.py -q build_ext --inplace) >>"$_harness_log" 2>&1 \
+        || { _harness_fail "build harness._C (setup.py build_ext --inplace)"; return 1; }
     fi
     echo "$want_ext" >"$ext_stamp"
   fi
