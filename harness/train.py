@@ -26,7 +26,7 @@ from harness.model.weights import load_backbone_weights, normalization_for
 from harness.run_dir import make_run_dir
 from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
 
-EXIT_TARGET_MISSED = 1
+EXIT_TARGET_MISSED = 4  # distinct from 1, an uncaught exception
 EXIT_NON_FINITE = 3
 EXIT_ABORTED = 130
 
