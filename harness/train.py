@@ -222,9 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                 data_start = time.perf_counter()
                 if iteration >= cfg.solver.max_iter:
                     break
+            else:
+                consumed = 0  # the epoch ran to its end
             mllog.epoch_stop(epoch)
             mllog.block_stop(epoch)
-            if epoch % cfg.run.checkpoint_every_epochs == 0:
+            if consumed:
+                # Stopped inside the epoch (max_iter): resuming must finish this epoch, not skip it.
+                save(epoch - 1, consumed)
+            elif epoch % cfg.run.checkpoint_every_epochs == 0:
                 save(epoch, 0)
 
             if epoch % cfg.run.eval_every_epochs == 0:

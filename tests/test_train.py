@@ -114,11 +114,6 @@ def test_open_run_log_passes_the_checker(tmp_path, dataset):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: the resumed run's weights differ from the uninterrupted run's "
-    "(seen 2026-11-28); until fixed, resume continues training but not bit-exactly",
-)
 def test_resume_continues_exactly(tmp_path, dataset):
     """N iterations straight equal N/2, a stop, and a resume for the rest."""
     common = [

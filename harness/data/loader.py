@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 import torchvision.io
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
@@ -148,6 +149,9 @@ class TorchTrainLoader:
             num_workers=num_workers,
             collate_fn=_Collate(size_divisibility),
             persistent_workers=num_workers > 0,
+            # Its own generator: each iter() draws a base seed, which must not advance the global
+            # RNG that sampling uses, or a resumed run would draw differently from a straight one.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def __len__(self) -> int:
