@@ -17,6 +17,7 @@ import torch
 
 from harness import checkpoint
 from harness.data.synthetic import generate
+from tests.test_mlperf_log import run_checker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,25 +70,6 @@ def run_dirs(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "runs").iterdir())
 
 
-def checker(log: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlperf_logging.compliance_checker",
-            "--usage",
-            "training",
-            "--ruleset",
-            "3.1.0",
-            str(log),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=log.parent,  # the checker writes compliance_checker.log into its working directory
-    )
-
-
 @pytest.mark.slow
 def test_open_run_log_passes_the_checker(tmp_path, dataset):
     """An open-division run (targets 0, so its first evaluation reaches them) logs a compliant run."""
@@ -106,7 +88,7 @@ def test_open_run_log_passes_the_checker(tmp_path, dataset):
     (run,) = run_dirs(tmp_path)
     for name in ("mlperf.log", "metrics.jsonl", "config.yaml", "plots/loss.png", "plots/map.png"):
         assert (run / name).is_file(), name
-    result = checker(run / "mlperf.log")
+    result = run_checker(run / "mlperf.log")
     assert "SUCCESS" in result.stdout + result.stderr, result.stdout + result.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     assert any(r["type"] == "eval" for r in records)
@@ -220,4 +202,4 @@ def test_two_gloo_ranks_train_in_sync(tmp_path, dataset):
     (run,) = run_dirs(tmp_path)
     state = checkpoint.load_latest(run / "checkpoints")
     assert state["iteration"] == 3
-    assert checker(run / "mlperf.log").returncode == 0
+    assert run_checker(run / "mlperf.log").returncode == 0
