@@ -28,6 +28,7 @@ from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
 
 EXIT_TARGET_MISSED = 4  # distinct from 1, an uncaught exception
 EXIT_NON_FINITE = 3
+EXIT_CONFIG_ERROR = 2  # as argparse exits on a bad command line
 EXIT_ABORTED = 130
 
 
@@ -282,5 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     return exit_code
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """main() with a configuration mistake reported as one line (exit 2, as argparse does)."""
+    try:
+        return main(argv)
+    except config.ConfigError as error:
+        print(f"python -m harness.train: config error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
