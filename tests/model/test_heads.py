@@ -18,7 +18,7 @@ from harness.data.batch import Polygons
 from harness.model import matching
 from harness.model.matching import box_iou, pad_targets, sample_balanced
 from harness.model.roi_heads import ROIHeads
-from harness.model.rpn import RPN, RPN_BOX_WEIGHTS
+from harness.model.rpn import RPN, RPN_BOX_WEIGHTS, RPNHead, conv3x3_neighbours
 
 
 def box_hash_keys(boxes: torch.Tensor) -> torch.Tensor:
@@ -86,12 +86,13 @@ def test_rpn_loss_matches_per_image():
     rpn = RPN(cfg, 8)
     features = [torch.randn(2, 8, 128 // s, 160 // s, generator=g) for s in cfg.anchor_strides]
     features[-1] = torch.randn(2, 8, 2, 3, generator=g)
+    features = [f.requires_grad_() for f in features]
     anchors, _ = rpn.anchors(features)
     objectness, deltas = rpn.head(features)
     image_sizes = torch.tensor([[128, 160], [120, 150]])
     gts = [random_gt(5, 120, g), random_gt(2, 120, g)]
     gt_boxes, _, gt_valid = pad_targets(gts, [torch.ones(len(b), dtype=torch.int64) for b in gts])
-    losses = rpn.loss(objectness, deltas, anchors, image_sizes, gt_boxes, gt_valid)
+    losses = rpn.loss(features, anchors, image_sizes, gt_boxes, gt_valid)
 
     obj_sum, box_sum, sampled = 0.0, 0.0, 0
     for i, gt in enumerate(gts):
@@ -113,6 +114,53 @@ def test_rpn_loss_matches_per_image():
     torch.testing.assert_close(losses["loss_objectness"], obj_sum / sampled)
     torch.testing.assert_close(losses["loss_rpn_box_reg"], box_sum / sampled)
     assert losses["loss_rpn_box_reg"] > 0  # positives were found: the comparison is not vacuous
+    # The loss evaluates the head at the sampled anchors only; the gradients must still be those of
+    # the dense head's.
+    inputs = [*features, *rpn.head.parameters()]
+    batched = torch.autograd.grad(losses["loss_objectness"] + losses["loss_rpn_box_reg"], inputs)
+    plain = torch.autograd.grad((obj_sum + box_sum) / sampled, inputs)
+    for got, want in zip(batched, plain, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rpn_head_at_equals_dense_head_gathered(channels_last):
+    g = torch.Generator().manual_seed(5)
+    head = RPNHead(6, 3).double()
+    for p in head.parameters():
+        p.data = torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3
+    # Levels of 1 x 1 and 1 x N put every anchor next to the zero padding.
+    shapes = [(9, 7), (5, 4), (1, 3), (1, 1)]
+    features = [torch.randn(2, 6, h, w, generator=g, dtype=torch.float64) for h, w in shapes]
+    if channels_last:
+        features = [f.to(memory_format=torch.channels_last) for f in features]
+    features = [f.requires_grad_() for f in features]
+    objectness, deltas = head(features)
+    idx = torch.randint(0, objectness.shape[1], (2, 40), generator=g)
+    idx[0, :3] = torch.tensor([0, objectness.shape[1] - 1, objectness.shape[1] - 3])
+    got_obj, got_deltas = head.at(features, idx)
+    want_obj = objectness.gather(1, idx)
+    want_deltas = deltas.gather(1, idx[..., None].expand(-1, -1, 4))
+    torch.testing.assert_close(got_obj, want_obj)
+    torch.testing.assert_close(got_deltas, want_deltas)
+
+    w_obj = torch.randn(want_obj.shape, generator=g, dtype=torch.float64)
+    w_deltas = torch.randn(want_deltas.shape, generator=g, dtype=torch.float64)
+    inputs = [*features, *head.parameters()]
+    got = torch.autograd.grad((got_obj * w_obj).sum() + (got_deltas * w_deltas).sum(), inputs)
+    want = torch.autograd.grad((want_obj * w_obj).sum() + (want_deltas * w_deltas).sum(), inputs)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_conv3x3_neighbours_golden():
+    index, inside = conv3x3_neighbours([(2, 3), (1, 1)], torch.device("cpu"))
+    assert index.shape == inside.shape == (7, 9)
+    # Position (y=0, x=1) of the 2 x 3 level: the row above is padding.
+    assert inside[1].tolist() == [False, False, False, True, True, True, True, True, True]
+    assert index[1, 3:].tolist() == [0, 1, 2, 3, 4, 5]
+    # The 1 x 1 level starts after the first level's 6 positions and has only its centre.
+    assert index[6, 4] == 6 and inside[6].tolist() == [False] * 4 + [True] + [False] * 4
 
 
 def test_roi_heads_losses_match_per_image():
@@ -121,7 +169,9 @@ def test_roi_heads_losses_match_per_image():
         ROIHeadsConfig(), batch_size_per_image=64, mlp_head_dim=32, mask_conv_dims=(8,)
     )
     heads = ROIHeads(cfg, 8, num_classes=5)
-    features = [torch.randn(2, 8, 128 // s, 128 // s, generator=g) for s in (4, 8, 16, 32)]
+    features = [
+        torch.randn(2, 8, 128 // s, 128 // s, generator=g).requires_grad_() for s in (4, 8, 16, 32)
+    ]
     gts = [random_gt(4, 128, g), random_gt(3, 128, g)]
     labels = [torch.randint(1, 5, (len(b),), generator=g) for b in gts]
     props = [
@@ -168,6 +218,11 @@ def test_roi_heads_losses_match_per_image():
     torch.testing.assert_close(losses["loss_box_reg"], box_sum / sampled)
     torch.testing.assert_close(losses["loss_mask"], mask_sum / mask_px)
     assert losses["loss_box_reg"] > 0
+    inputs = [*features, *heads.parameters()]
+    batched = torch.autograd.grad(sum(losses.values()), inputs)
+    plain = torch.autograd.grad(cls_sum / sampled + box_sum / sampled + mask_sum / mask_px, inputs)
+    for got, want in zip(batched, plain, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_rpn_training_keeps_top_candidates_over_the_batch():
