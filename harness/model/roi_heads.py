@@ -57,7 +57,8 @@ class BoxHead(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """4 conv 3x3 + ReLU, a 2x deconvolution + ReLU, and a 1x1 conv to one mask per class."""
+    """4 conv 3x3 + ReLU, a 2x deconvolution + ReLU, and a 1x1 conv to one mask per class, of which
+    each ROI needs one: its ground-truth class in training, its predicted class at inference."""
 
     def __init__(self, in_channels: int, dims: tuple[int, ...], num_classes: int, norm: str):
         super().__init__()
@@ -72,8 +73,16 @@ class MaskHead(nn.Module):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(layer.bias)
 
-    def forward(self, pooled: Tensor) -> Tensor:
-        return self.predictor(F.relu(self.deconv(self.convs(pooled))))
+    def forward(self, pooled: Tensor, labels: Tensor) -> Tensor:
+        """pooled: Tensor[R, C, M/2, M/2]; labels: Tensor[R] int64, one class per ROI.
+
+        Returns Tensor[R, M, M]: the predictor's channel labels[r] for ROI r, computed alone (the
+        other classes' channels are never used, so computing them would be wasted work).
+        """
+        x = F.relu(self.deconv(self.convs(pooled)))
+        weight = self.predictor.weight.view(self.predictor.out_channels, -1)[labels]  # [R, C]
+        logits = weight[:, None, :] @ x.flatten(2)  # [R, 1, M*M]
+        return (logits[:, 0] + self.predictor.bias[labels][:, None]).view(x.shape[0], *x.shape[-2:])
 
 
 @dataclass
@@ -164,7 +173,7 @@ class ROIHeads(nn.Module):
         )
 
         mask_logits = self.mask_head(
-            self._pool(features, rois[:num_pos], cfg.mask_pooler_resolution)
+            self._pool(features, rois[:num_pos], cfg.mask_pooler_resolution), pos_labels
         )
         if num_pos == 0:
             loss_mask = mask_logits.sum() * 0
@@ -172,8 +181,7 @@ class ROIHeads(nn.Module):
             targets = ops.mask_targets(
                 polygons, pos_boxes.float(), object_offsets[pos_b] + pos_gt, cfg.mask_resolution
             )
-            picked = mask_logits[torch.arange(num_pos, device=rois.device), pos_labels]
-            loss_mask = F.binary_cross_entropy_with_logits(picked.float(), targets)
+            loss_mask = F.binary_cross_entropy_with_logits(mask_logits.float(), targets)
         return {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_mask": loss_mask}
 
     @torch.no_grad()
@@ -210,9 +218,10 @@ class ROIHeads(nn.Module):
         det_labels, det_image = cand_cls[keep], cand_image[keep]
 
         rois = torch.cat([det_image[:, None].to(det_boxes.dtype), det_boxes], dim=1)
-        mask_logits = self.mask_head(self._pool(features, rois, cfg.mask_pooler_resolution))
-        masks = mask_logits[torch.arange(rois.shape[0], device=rois.device), det_labels]
-        masks = masks.float().sigmoid()
+        mask_logits = self.mask_head(
+            self._pool(features, rois, cfg.mask_pooler_resolution), det_labels
+        )
+        masks = mask_logits.float().sigmoid()
 
         counts = torch.bincount(det_image, minlength=batch).tolist()
         return [

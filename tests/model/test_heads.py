@@ -17,7 +17,7 @@ from harness.config import ROIHeadsConfig, RPNConfig
 from harness.data.batch import Polygons
 from harness.model import matching
 from harness.model.matching import box_iou, pad_targets, sample_balanced
-from harness.model.roi_heads import ROIHeads
+from harness.model.roi_heads import MaskHead, ROIHeads
 from harness.model.rpn import RPN, RPN_BOX_WEIGHTS, RPNHead, conv3x3_neighbours
 
 
@@ -163,6 +163,27 @@ def test_conv3x3_neighbours_golden():
     assert index[6, 4] == 6 and inside[6].tolist() == [False] * 4 + [True] + [False] * 4
 
 
+def test_mask_head_computes_only_the_chosen_class_channel():
+    g = torch.Generator().manual_seed(6)
+    head = MaskHead(8, (8, 8), num_classes=5, norm="").double()
+    pooled = torch.randn(6, 8, 7, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([1, 4, 4, 0, 2, 1])
+    got = head(pooled, labels)
+    full = head.predictor(F.relu(head.deconv(head.convs(pooled))))
+    want = full[torch.arange(6), labels]
+    assert got.shape == (6, 14, 14)
+    torch.testing.assert_close(got, want)
+    weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    inputs = [pooled, *head.parameters()]
+    for a, b in zip(
+        torch.autograd.grad((got * weights).sum(), inputs),
+        torch.autograd.grad((want * weights).sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b)
+    assert head(pooled[:0], labels[:0]).shape == (0, 14, 14)
+
+
 def test_roi_heads_losses_match_per_image():
     g = torch.Generator().manual_seed(3)
     cfg = dataclasses.replace(
@@ -204,11 +225,11 @@ def test_roi_heads_losses_match_per_image():
             torch.arange(pos.numel()), lab[m[pos]]
         ]
         box_sum += F.smooth_l1_loss(picked, reg, beta=1.0, reduction="sum")
-        mask_logits = heads.mask_head(
-            ops.multilevel_roi_align(
-                features, rois[: pos.numel()], 14, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2
-            )
+        mask_head = heads.mask_head
+        pooled = ops.multilevel_roi_align(
+            features, rois[: pos.numel()], 14, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2
         )
+        mask_logits = mask_head.predictor(F.relu(mask_head.deconv(mask_head.convs(pooled))))
         targets = ops.mask_targets(polys[i], boxes[pos], m[pos], 28)
         chosen = mask_logits[torch.arange(pos.numel()), lab[m[pos]]]
         mask_sum += F.binary_cross_entropy_with_logits(chosen, targets, reduction="sum")
