@@ -16,11 +16,9 @@ image whose file is missing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,57 +193,3 @@ def load_coco(root: str | Path, split: str, *, keep_empty_images: bool) -> CocoS
     if skipped:
         log.warning("%s: skipped %s", ann_file, ", ".join(f"{v} {k}" for k, v in skipped.items()))
     return CocoSet(ann_file, image_dir, cats, records, skipped)
-
-
-def write_clean_annotations(coco: CocoSet, cache_dir: str | Path | None = None) -> Path:
-    """Write the usable records as a COCO annotation file (for DALI's reader) and return its path.
-
-    Boxes are written as [x1, y1, x2 - x1 + 1, y2 - y1 + 1] so that a reader's (x, y, x + w, y + h)
-    minus 1 on the right/bottom edge gives back `CocoRecord.boxes`. The file is cached under
-    `cache_dir` (default: $HARNESS_DATA_CACHE, else the system temp dir), keyed by the source file (path, size, mtime), the
-    kept image ids and this module's source (the filtering rules): writing it for COCO train takes
-    minutes, and every rank of every run would otherwise repeat it.
-    """
-    src = coco.annotation_file.resolve()
-    stat = src.stat()
-    key = hashlib.sha1(f"{src}|{stat.st_size}|{stat.st_mtime_ns}|".encode())
-    key.update(",".join(str(r.image_id) for r in coco.records).encode())
-    key.update(Path(__file__).read_bytes())
-    cache = cache_dir or os.environ.get("HARNESS_DATA_CACHE") or tempfile.gettempdir()
-    path = Path(cache) / f"harness-coco-{key.hexdigest()[:16]}.json"
-    if path.exists():
-        return path
-    images, annotations = [], []
-    for rec in coco.records:
-        images.append(
-            {
-                "id": rec.image_id,
-                "file_name": rec.file_name,
-                "height": rec.height,
-                "width": rec.width,
-            }
-        )
-        for ann_id, box, cat, polys in zip(
-            rec.annotation_ids, rec.boxes, rec.category_ids, rec.polygons, strict=True
-        ):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            annotations.append(
-                {
-                    "id": ann_id,
-                    "image_id": rec.image_id,
-                    "category_id": int(cat),
-                    "bbox": [x1, y1, x2 - x1 + 1, y2 - y1 + 1],
-                    "segmentation": [p.tolist() for p in polys],
-                    "area": (x2 - x1 + 1) * (y2 - y1 + 1),
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": c, "name": str(c)} for c in coco.category_ids]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Ranks may write the same file at once: each writes its own temporary and renames it.
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    # json.dumps runs the C encoder; json.dump streams through the pure-Python one, 3-4x slower.
-    doc = {"images": images, "annotations": annotations, "categories": categories}
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
-    return path

@@ -23,23 +23,7 @@ from harness.data.sampler import (
     batches_consumed,
     shard_range,
 )
-from harness.data.transforms import make_target, normalize, pad_batch, resized_size
-
-
-def record_annotations(rec: CocoRecord) -> tuple[np.ndarray, np.ndarray]:
-    """A record's polygons as (ranges int64 [P, 3] of (object, first vertex, end vertex),
-    vertices float32 [V, 2]): the layout DALI's COCO reader emits."""
-    ranges, verts, start = [], [], 0
-    for obj, polys in enumerate(rec.polygons):
-        for poly in polys:
-            count = poly.size // 2
-            ranges.append((obj, start, start + count))
-            verts.append(poly.reshape(-1, 2))
-            start += count
-    return (
-        np.array(ranges, dtype=np.int64).reshape(-1, 3),
-        np.concatenate(verts).astype(np.float32) if verts else np.zeros((0, 2), np.float32),
-    )
+from harness.data.transforms import normalize, pad_batch, record_target, resized_size
 
 
 class CocoImages(Dataset):
@@ -80,19 +64,7 @@ class CocoImages(Dataset):
         image = TF.resize(self.read_image(rec), list(size), antialias=True)
         if flip:
             image = image.flip(-1)
-        ranges, verts = record_annotations(rec)
-        target = make_target(
-            rec.boxes,
-            rec.category_ids,
-            ranges,
-            verts,
-            self.label_of,
-            rec.image_id,
-            (rec.height, rec.width),
-            size,
-            flip,
-        )
-        return normalize(image, self.norm), target
+        return normalize(image, self.norm), record_target(rec, self.label_of, size, flip)
 
 
 class _Collate:

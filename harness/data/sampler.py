@@ -1,17 +1,16 @@
 """Sharding, per-epoch shuffling and aspect-ratio grouping, shared by both loaders.
 
 Epoch e of a training run visits a permutation of the whole set drawn from (seed, e), the same on every
-rank; rank r reads the contiguous block [r * N // W, (r + 1) * N // W) of it (DALI's shard rule).
+rank; rank r reads the contiguous block [r * N // W, (r + 1) * N // W) of it.
 Batches hold only images with width > height or only images with width <= height (the reference's
 aspect-ratio grouping): samples wait in one bucket per orientation and a full bucket is a batch.
 
 Every rank must run the same number of iterations, known before the epoch: `iterations_per_epoch`,
 one batch fewer than the shard could fill without grouping (what grouping can always fill, since each
-orientation's bucket leaves fewer than B images behind). The PyTorch loader's epochs are
-self-contained (`GroupedEpochs`: the batches of epoch e are a function of seed and e alone, up to
-~3 B images per rank and epoch are left out), so a run resumed at any batch replays exactly what an
-uninterrupted run would have read. DALI's reader runs on across epochs, so there images left over at
-the end of an epoch wait in their bucket for the next one.
+orientation's bucket leaves fewer than B images behind). Both loaders read the batches of
+`GroupedEpochs`: epochs are self-contained (the batches of epoch e are a function of seed and e alone,
+up to ~3 B images per rank and epoch are left out), so a run resumed at any batch replays exactly what
+an uninterrupted run would have read.
 """
 
 from __future__ import annotations

@@ -15,14 +15,14 @@ import torch
 from torch import Tensor
 
 from harness.data.batch import ImageTarget, Normalization, Polygons
+from harness.data.coco import CocoRecord
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
     """(height, width) after resizing: shorter side to min_size unless the longer would exceed max_size.
 
     Exactly the reference's rule (maskrcnn-benchmark `Resize.get_size`): float64, Python's
-    round-half-to-even for the capped shorter side, truncation for the longer one. The DALI graph
-    (`dali_pipeline.pipeline`) computes the same in its own float64 arithmetic.
+    round-half-to-even for the capped shorter side, truncation for the longer one.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got height={height}, width={width}")
@@ -90,6 +90,40 @@ def make_target(
         image_size=(int(nh), int(nw)),
         orig_size=(int(oh), int(ow)),
         flipped=bool(flip),
+    )
+
+
+def record_annotations(rec: CocoRecord) -> tuple[np.ndarray, np.ndarray]:
+    """A record's polygons as (ranges int64 [P, 3] of (object, first vertex, end vertex),
+    vertices float32 [V, 2]): the layout make_target takes."""
+    ranges, verts, start = [], [], 0
+    for obj, polys in enumerate(rec.polygons):
+        for poly in polys:
+            count = poly.size // 2
+            ranges.append((obj, start, start + count))
+            verts.append(poly.reshape(-1, 2))
+            start += count
+    return (
+        np.array(ranges, dtype=np.int64).reshape(-1, 3),
+        np.concatenate(verts).astype(np.float32) if verts else np.zeros((0, 2), np.float32),
+    )
+
+
+def record_target(
+    rec: CocoRecord, label_of: dict[int, int], image_size: tuple[int, int], flip: bool
+) -> ImageTarget:
+    """make_target for a record resized to image_size (height, width), then flipped when `flip`."""
+    ranges, verts = record_annotations(rec)
+    return make_target(
+        rec.boxes,
+        rec.category_ids,
+        ranges,
+        verts,
+        label_of,
+        rec.image_id,
+        (rec.height, rec.width),
+        image_size,
+        flip,
     )
 
 

@@ -14,9 +14,3 @@ TRAIN, VAL, SIZE = 16, 13, 64  # 13 val images include one with no objects (inde
 @pytest.fixture(scope="session")
 def tiny_coco(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("coco"), train=TRAIN, val=VAL, seed=7, size=SIZE)
-
-
-@pytest.fixture(autouse=True)
-def _private_annotation_cache(tmp_path, monkeypatch):
-    """DALI's clean annotation files go to the test's own directory, not the system temp dir."""
-    monkeypatch.setenv("HARNESS_DATA_CACHE", str(tmp_path / "annotation_cache"))

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from harness.data.coco import CocoDataError, category_ids, load_coco, write_clean_annotations
+from harness.data.coco import CocoDataError, category_ids, load_coco
 from harness.data.synthetic import CATEGORIES
 from tests.data.conftest import TRAIN, VAL
 
@@ -124,20 +124,3 @@ def test_short_polygons_zero_area_boxes_and_crowds_are_counted_skips(tmp_path, t
     assert len(kept) == len(ids) - 4
     first = next(r for r in coco.records if ids[0] in r.annotation_ids)
     assert all(len(p) >= 6 for polys in first.polygons for p in polys)
-
-
-def test_clean_annotation_file_round_trips(tmp_path, tiny_coco):
-    coco = load_coco(tiny_coco, SPLIT, keep_empty_images=True)
-    path = write_clean_annotations(coco, tmp_path)
-    stamp = path.stat().st_mtime_ns
-    assert write_clean_annotations(coco, tmp_path) == path
-    assert path.stat().st_mtime_ns == stamp  # cached, not rewritten
-    train_view = load_coco(tiny_coco, SPLIT, keep_empty_images=False)
-    assert write_clean_annotations(train_view, tmp_path) != path  # other images kept
-    doc = json.loads(path.read_text())
-    assert [i["id"] for i in doc["images"]] == [r.image_id for r in coco.records]
-    for ann in doc["annotations"]:
-        rec = next(r for r in coco.records if r.image_id == ann["image_id"])
-        box = rec.boxes[rec.annotation_ids.index(ann["id"])]
-        x, y, w, h = ann["bbox"]
-        np.testing.assert_allclose([x, y, x + w - 1, y + h - 1], box, atol=1e-4)
