@@ -1,5 +1,10 @@
 """Model-level benchmark cases shared by benchmarks/test_model_bench.py and train_throughput.py.
 
+Run as a script, it times ours and torchvision's side by side in interleaved rounds (one step of each
+per round), which keeps their ratio meaningful on a machine whose load changes during the run:
+
+    python -m benchmarks.model_cases --case heads --size 800 1333 --rounds 3
+
 Our Mask R-CNN (harness.model.build_model) beside torchvision's, configured with the same
 hyperparameters, fed identical seeded synthetic inputs, and trained by one step function that serves
 both. Nothing is downloaded: every weight is randomly initialized.
@@ -13,7 +18,10 @@ neither pays for preprocessing the other skips.
 
 from __future__ import annotations
 
+import argparse
 import math
+import statistics
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -330,3 +338,50 @@ def fpn_features(
     with torch.no_grad():
         features = backbone(inputs.images.to(device))
     return [f.requires_grad_() for f in features]
+
+
+def time_interleaved(cases: dict[str, TrainCase], rounds: int) -> dict[str, list[float]]:
+    """One untimed warm-up step of each case, then `rounds` rounds stepping every case once in turn.
+    Returns each case's wall-clock seconds per round (the device is synced after every step)."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for timed in [False] + [True] * rounds:
+        for name, case in cases.items():
+            start = time.perf_counter()
+            case.step()
+            if case.images.device.type == "cuda":
+                torch.cuda.synchronize(case.images.device)
+            if timed:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Time ours and torchvision's Mask R-CNN in interleaved rounds (fp32)."
+    )
+    parser.add_argument("--case", choices=("step", "heads"), default="step")
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 480), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    inputs = make_inputs(args.batch, *args.size)
+    if args.case == "step":
+        cases = {which: build_case(which, inputs, device) for which in MODELS}
+    else:
+        features = fpn_features(inputs, device)
+        cases = {which: build_heads_case(which, inputs, features) for which in MODELS}
+    times = time_interleaved(cases, args.rounds)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print(
+        f"{args.case}, batch {args.batch}, {args.size[0]} x {args.size[1]}, fp32, {device}, "
+        f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds after one warm-up"
+    )
+    for name, t in times.items():
+        print(f"{name:>5}: median {medians[name]:.3f} s  rounds " + " ".join(f"{x:.3f}" for x in t))
+    print(f"ratio (peer / ours, medians): {medians['peer'] / medians['ours']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,11 @@ Cases, batch 2, seeded synthetic images with 3-8 convex objects each:
 - train_step_320: forward + backward + SGD step at 320 x 480, fp32;
 - train_step_320_bf16: the same under bf16 autocast (both models);
 - train_step_800: the same at 800 x 1333 (padded to 800 x 1344), fp32; slow on a CPU;
-- heads_320: RPN + ROI heads forward and backward on fixed, precomputed FPN maps at 320 x 480.
+- heads_320: RPN + ROI heads forward and backward on fixed, precomputed FPN maps at 320 x 480;
+- heads_800: the same at 800 x 1333; slow on a CPU.
+
+pytest-benchmark runs one case's rounds after the other's; on a machine with a varying load,
+`python -m benchmarks.model_cases` (see there) times both in interleaved rounds instead.
 """
 
 from __future__ import annotations
@@ -45,16 +49,26 @@ def _train_step(benchmark, which, device, size, autocast=None, rounds=ROUNDS) ->
     _bench(benchmark, case, device, autocast, rounds)
 
 
+def _heads_inputs(device: torch.device, size: tuple[int, int]):
+    inputs = make_inputs(BATCH, *size)
+    return inputs, fpn_features(inputs, device)
+
+
 @pytest.fixture(scope="module")
 def heads_inputs(bench_device):
     """The 320 px batch and its FPN maps from our backbone, shared by both heads cases."""
-    inputs = make_inputs(BATCH, *SIZE_320)
-    return inputs, fpn_features(inputs, bench_device)
+    return _heads_inputs(bench_device, SIZE_320)
 
 
-def _heads(benchmark, which, device, heads_inputs) -> None:
+@pytest.fixture(scope="module")
+def heads_inputs_800(bench_device):
+    """The 800 px batch and its FPN maps, shared by both 800 px heads cases."""
+    return _heads_inputs(bench_device, SIZE_800)
+
+
+def _heads(benchmark, which, device, heads_inputs, rounds=ROUNDS) -> None:
     inputs, features = heads_inputs
-    _bench(benchmark, build_heads_case(which, inputs, features), device, None, ROUNDS)
+    _bench(benchmark, build_heads_case(which, inputs, features), device, None, rounds)
 
 
 @pytest.mark.benchmark(group="train_step_320")
@@ -97,3 +111,15 @@ def test_heads_320_ours(benchmark, bench_device, heads_inputs):
 @pytest.mark.benchmark(group="heads_320")
 def test_heads_320_peer(benchmark, bench_device, heads_inputs):
     _heads(benchmark, "peer", bench_device, heads_inputs)
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="heads_800")
+def test_heads_800_ours(benchmark, bench_device, heads_inputs_800):
+    _heads(benchmark, "ours", bench_device, heads_inputs_800, ROUNDS_800)
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="heads_800")
+def test_heads_800_peer(benchmark, bench_device, heads_inputs_800):
+    _heads(benchmark, "peer", bench_device, heads_inputs_800, ROUNDS_800)
