@@ -65,18 +65,50 @@ def _incomplete_jpegs(paths: list[Path]) -> list[str]:
     return suspects
 
 
+class _HostBatches:
+    """DALI's external source: the files of the next batch of `keys` (an endless iterator of
+    batches), with their sizes, the batch's canvas and the flips. Remembers the batches DALI has
+    taken (it prefetches) and not yet returned, oldest first."""
+
+    def __init__(self, coco: CocoSet, settings: DaliSettings, keys: Iterator[Keys]) -> None:
+        self.coco, self.settings, self.keys = coco, settings, keys
+        self.in_flight: deque[Keys] = deque()
+
+    def size(self, index: int) -> tuple[int, int]:
+        rec = self.coco.records[index]
+        return resized_size(rec.height, rec.width, self.settings.min_size, self.settings.max_size)
+
+    def path(self, index: int) -> Path:
+        return self.coco.image_dir / self.coco.records[index].file_name
+
+    def __call__(self) -> HostBatch:
+        keys = next(self.keys)
+        self.in_flight.append(keys)
+        sizes = [self.size(index) for index, _ in keys]
+        step = max(1, self.settings.size_divisibility)
+        canvas = np.array(
+            [math.ceil(max(s[d] for s in sizes) / step) * step for d in (0, 1)], dtype=np.float32
+        )
+        return (
+            [np.fromfile(self.path(index), dtype=np.uint8) for index, _ in keys],
+            [np.array(s, dtype=np.float32) for s in sizes],
+            [canvas] * len(keys),
+            [np.array(flip, dtype=np.int32) for _, flip in keys],
+        )
+
+
 class _Stream:
-    """Batches of one pipeline, in the order of `keys` (an endless iterator of batches)."""
+    """The batches of one pipeline, in the order of `keys` (an endless iterator of batches)."""
 
     def __init__(
         self, coco: CocoSet, settings: DaliSettings, keys: Iterator[Keys], batch_size: int
     ) -> None:
-        self.coco, self.settings, self.keys = coco, settings, keys
+        self.coco = coco
         self.label_of = {cid: i + 1 for i, cid in enumerate(coco.category_ids)}
-        # The keys DALI has taken (it prefetches) and not yet returned, oldest first.
-        self.in_flight: deque[Keys] = deque()
+        # The pipeline holds the source, never the stream: dropping the stream frees the pipeline.
+        self.source = _HostBatches(coco, settings, keys)
         self.pipe = coco_pipeline(
-            source=self._host_batch,
+            source=self.source,
             batch_size=batch_size,
             num_threads=settings.num_threads,
             decode_device=settings.decode_device,
@@ -84,53 +116,27 @@ class _Stream:
             norm=settings.norm,
         )
 
-    def _size(self, index: int) -> tuple[int, int]:
-        rec = self.coco.records[index]
-        return resized_size(rec.height, rec.width, self.settings.min_size, self.settings.max_size)
-
-    def _host_batch(self) -> HostBatch:
-        """DALI's external source: the files of the next batch, their sizes, canvas and flips."""
-        keys = next(self.keys)
-        self.in_flight.append(keys)
-        sizes = [self._size(index) for index, _ in keys]
-        canvas = [max(s[d] for s in sizes) for d in (0, 1)]
-        step = max(1, self.settings.size_divisibility)
-        canvas = np.array([math.ceil(c / step) * step for c in canvas], dtype=np.float32)
-        return (
-            [
-                np.fromfile(self.coco.image_dir / self.coco.records[index].file_name, np.uint8)
-                for index, _ in keys
-            ],
-            [np.array(s, dtype=np.float32) for s in sizes],
-            [canvas] * len(keys),
-            [np.array(flip, dtype=np.int32) for _, flip in keys],
-        )
-
     def next(self) -> Batch:
         try:
             images, shapes = self.pipe.run()
         except RuntimeError as exc:
             # DALI names a failing sample only by its index: look for the culprit in flight.
-            files = [
-                self.coco.image_dir / self.coco.records[index].file_name
-                for keys in self.in_flight
-                for index, _ in keys
-            ]
+            files = [self.source.path(i) for keys in self.source.in_flight for i, _ in keys]
             suspects = _incomplete_jpegs(files)
             hint = f"; files that are not complete JPEGs: {', '.join(suspects)}" if suspects else ""
             raise CocoDataError(
                 f"DALI pipeline over {self.coco.image_dir} failed{hint}: {exc}"
             ) from exc
-        keys = self.in_flight.popleft()
+        keys = self.source.in_flight.popleft()
         targets = []
         for (index, flip), shape in zip(keys, shapes.as_array(), strict=True):
             rec = self.coco.records[index]
             if (int(shape[0]), int(shape[1])) != (rec.height, rec.width):
                 raise CocoDataError(
-                    f"image {self.coco.image_dir / rec.file_name} is {shape[1]}x{shape[0]} (WxH) "
+                    f"image {self.source.path(index)} is {shape[1]}x{shape[0]} (WxH) "
                     f"but {self.coco.annotation_file} says {rec.width}x{rec.height}"
                 )
-            targets.append(record_target(rec, self.label_of, self._size(index), flip))
+            targets.append(record_target(rec, self.label_of, self.source.size(index), flip))
         return Batch(_to_torch(images.as_tensor()), targets)
 
 
