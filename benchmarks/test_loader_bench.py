@@ -2,10 +2,10 @@
 
 Run: `.venv/bin/python -m pytest benchmarks/test_loader_bench.py --benchmark-only` (add
 `--bench-device cuda` on a GPU machine for the mixed-decode group). Both loaders read the same 64
-synthetic JPEGs (longer side 640, shorter 480 or 640) and resize them to 800 x <= 1333 with 2 threads
-(DALI) or 2 workers (PyTorch); one round is one epoch of batches of 2 (decode, resize, flip,
-normalize, pad, targets), delivered on the benchmark device. `extra_info["images_per_s"]` is the
-throughput of the median round.
+synthetic JPEGs (longer side 640, shorter 480 or 640) in the same batches with the same flips (they
+share the sampler) and resize them to 800 x <= 1333 with 2 threads (DALI) or 2 workers (PyTorch);
+one round is one epoch of batches of 2 (decode, resize, flip, normalize, pad, targets), delivered on
+the benchmark device. `extra_info["images_per_s"]` is the throughput of the median round.
 """
 
 from __future__ import annotations
