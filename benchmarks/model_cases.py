@@ -340,18 +340,20 @@ def fpn_features(
     return [f.requires_grad_() for f in features]
 
 
-def time_interleaved(cases: dict[str, TrainCase], rounds: int) -> dict[str, list[float]]:
+def time_interleaved(
+    cases: dict[str, TrainCase], rounds: int, clock=time.perf_counter
+) -> dict[str, list[float]]:
     """One untimed warm-up step of each case, then `rounds` rounds stepping every case once in turn.
-    Returns each case's wall-clock seconds per round (the device is synced after every step)."""
+    Returns each case's seconds of `clock` per round (the device is synced after every step)."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     for timed in [False] + [True] * rounds:
         for name, case in cases.items():
-            start = time.perf_counter()
+            start = clock()
             case.step()
             if case.images.device.type == "cuda":
                 torch.cuda.synchronize(case.images.device)
             if timed:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
 
 
@@ -364,6 +366,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time the process's CPU seconds instead of wall-clock ones: with one thread on a "
+        "shared machine, the work done regardless of how often other processes preempt it",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     inputs = make_inputs(args.batch, *args.size)
@@ -372,11 +380,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         features = fpn_features(inputs, device)
         cases = {which: build_heads_case(which, inputs, features) for which in MODELS}
-    times = time_interleaved(cases, args.rounds)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    times = time_interleaved(cases, args.rounds, clock)
     medians = {name: statistics.median(t) for name, t in times.items()}
     print(
         f"{args.case}, batch {args.batch}, {args.size[0]} x {args.size[1]}, fp32, {device}, "
-        f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds after one warm-up"
+        f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds after one warm-up, "
+        + ("CPU" if args.cpu_time else "wall-clock")
+        + " seconds"
     )
     for name, t in times.items():
         print(f"{name:>5}: median {medians[name]:.3f} s  rounds " + " ".join(f"{x:.3f}" for x in t))
