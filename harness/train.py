@@ -276,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         mllog.close()
         metrics.close()
         if dist.is_main:
-            write_plots(run_dir, targets)
+            try:
+                write_plots(run_dir, targets)
+            except Exception as error:  # the plots must not replace the run's outcome
+                print(f"could not write the plots in {run_dir / 'plots'}: {error}", file=sys.stderr)
         if evaluator is not None:
             evaluator.close()
         distributed.cleanup()
