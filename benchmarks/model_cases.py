@@ -34,6 +34,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FrozenBatchNorm2d
 
+from benchmarks.conftest import sync
 from harness.config import ModelConfig
 from harness.data.batch import ImageTarget, Polygons
 from harness.model import build_model
@@ -350,8 +351,7 @@ def time_interleaved(
         for name, case in cases.items():
             start = clock()
             case.step()
-            if case.images.device.type == "cuda":
-                torch.cuda.synchronize(case.images.device)
+            sync(case.images.device)
             if timed:
                 times[name].append(clock() - start)
     return times

@@ -7,7 +7,6 @@ the same batches with the same flips; DALI does the pixel work and returns each 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from dali_pipeline.pipeline import HostBatch, coco_pipeline
 from harness.data.batch import Batch, Normalization
 from harness.data.coco import CocoDataError, CocoSet
 from harness.data.sampler import GroupedEpochs, batches_consumed, shard_range
-from harness.data.transforms import record_target, resized_size
+from harness.data.transforms import padded_size, record_target, resized_size
 
 Keys = list[tuple[int, bool]]  # one batch: (record index, flip) per image
 
@@ -85,10 +84,7 @@ class _HostBatches:
         keys = next(self.keys)
         self.in_flight.append(keys)
         sizes = [self.size(index) for index, _ in keys]
-        step = max(1, self.settings.size_divisibility)
-        canvas = np.array(
-            [math.ceil(max(s[d] for s in sizes) / step) * step for d in (0, 1)], dtype=np.float32
-        )
+        canvas = np.array(padded_size(sizes, self.settings.size_divisibility), dtype=np.float32)
         return (
             [np.fromfile(self.path(index), dtype=np.uint8) for index, _ in keys],
             [np.array(s, dtype=np.float32) for s in sizes],
