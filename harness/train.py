@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                 data_start = time.perf_counter()
                 if iteration >= cfg.solver.max_iter:
                     break
-            else:
-                consumed = 0  # the epoch ran to its end
+            # The epoch ran to its end, even when max_iter fell on its last batch.
+            if consumed == len(train_loader) * cfg.solver.ims_per_batch:
+                consumed = 0
             mllog.epoch_stop(epoch)
             mllog.block_stop(epoch)
             if consumed:

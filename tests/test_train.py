@@ -127,6 +127,18 @@ def test_resume_continues_exactly(tmp_path, dataset):
 
 
 @pytest.mark.slow
+def test_max_iter_on_an_epochs_last_batch_checkpoints_the_epoch_as_done(tmp_path, dataset):
+    common = ["--config", "configs/cpu_demo.yaml", "run.eval_every_epochs=100"]
+    one_epoch = tmp_path / "one_epoch"
+    train(one_epoch, dataset, *common, "solver.max_epochs=1")
+    length = checkpoint.load_latest(run_dirs(one_epoch)[0] / "checkpoints")["iteration"]
+    stopped = tmp_path / "stopped"
+    train(stopped, dataset, *common, f"solver.max_iter={length}")
+    state = checkpoint.load_latest(run_dirs(stopped)[0] / "checkpoints")
+    assert (state["iteration"], state["epoch"], state["sampler_position"]) == (length, 1, 0)
+
+
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_logs_aborted(tmp_path, dataset):
     cmd = [
         sys.executable,
