@@ -8,8 +8,9 @@ Each image is a noisy linear gradient (random colours and direction) with 0-6 fi
 classes: ellipse, rotated rectangle, triangle and five-pointed star (concave). Category ids are not
 contiguous (CATEGORIES), as in COCO. The longer image side is PX; the shorter is PX or 3/4 PX, in either
 orientation, so that aspect-ratio grouping has both kinds of image. Shapes are 20-120 px at PX = 256
-(scaled with PX), differ in colour, and overlap: a new shape is rejected only when its box overlaps an
-earlier one by IoU > 0.5, so no object is hidden entirely.
+(scaled with PX), differ in colour, and overlap: a new shape is rejected when its box overlaps an
+earlier one's by IoU > 0.5, or when it would leave an earlier object with less than MIN_VISIBLE of
+its pixels in view, so every annotated object can be seen.
 
 Occlusion rule: shapes are drawn in annotation order, later ones on top, and every annotation keeps its
 object's full shape (polygon, box and area of the whole shape, not of its visible part). Images whose
@@ -38,6 +39,9 @@ CATEGORIES: tuple[tuple[int, str], ...] = (
 MAX_OBJECTS = 6
 EMPTY_EVERY, EMPTY_AT = 25, 12
 JPEG_QUALITY = 90
+MIN_VISIBLE = 0.5  # the least fraction of an object's pixels that later shapes may leave uncovered
+# Part of what ensure() compares: a set written by an older generator is regenerated.
+GENERATOR_VERSION = 2
 
 
 def _shape_polygon(kind: str, rng: np.random.Generator, size: float) -> np.ndarray:
@@ -98,6 +102,8 @@ def _scene(
     draw = ImageDraw.Draw(img)
     objects: list[tuple[int, np.ndarray]] = []
     boxes: list[np.ndarray] = []
+    owner = np.zeros((height, width), np.uint8)  # which object (1-based) each pixel shows; 0: none
+    areas: list[int] = []  # each object's whole rasterized area, in pixels
     count = 0 if empty else int(rng.integers(1, MAX_OBJECTS + 1))
     lo, hi = 20 * px / 256, min(120 * px / 256, 0.9 * min(height, width))
     for _ in range(count * 4):
@@ -111,10 +117,19 @@ def _scene(
         box = np.concatenate([pts.min(0), pts.max(0)])
         if any(_box_iou(box, other) > 0.5 for other in boxes):
             continue
+        polygon = [tuple(p) for p in pts.tolist()]
+        raster = Image.new("L", (width, height))
+        ImageDraw.Draw(raster).polygon(polygon, fill=1)
+        covered = np.asarray(raster, dtype=bool)
+        left = np.bincount(owner[~covered], minlength=len(objects) + 1)[1:]
+        if not covered.any() or np.any(left < MIN_VISIBLE * np.asarray(areas, dtype=np.float64)):
+            continue
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        draw.polygon([tuple(p) for p in pts.tolist()], fill=colour)
+        draw.polygon(polygon, fill=colour)
+        owner[covered] = len(objects) + 1
         objects.append((cat_id, pts))
         boxes.append(box)
+        areas.append(int(covered.sum()))
     return img, objects
 
 
@@ -196,7 +211,9 @@ def ensure(
     """
     out = Path(out)
     marker = out / ".synthetic-complete"
-    params = json.dumps({"train": train, "val": val, "seed": seed, "size": size})
+    params = json.dumps(
+        {"train": train, "val": val, "seed": seed, "size": size, "version": GENERATOR_VERSION}
+    )
     if marker.is_file() and marker.read_text() == params:
         return out
     marker.unlink(missing_ok=True)
