@@ -3,6 +3,7 @@ one SGD step does with them, gradient clipping."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 
@@ -126,13 +127,31 @@ def test_one_sgd_step_applies_group_lr_and_weight_decay():
         model.weight.fill_(1.0)
         model.bias.fill_(1.0)
     optimizer = build_optimizer(model, REFERENCE, torch.device("cpu"))
-    assert optimizer.defaults["foreach"] and optimizer.defaults["momentum"] == 0.9
+    assert optimizer.defaults["fused"] and optimizer.defaults["momentum"] == 0.9
     model.weight.grad = torch.full_like(model.weight, 0.5)
     model.bias.grad = torch.full_like(model.bias, 0.5)
     optimizer.step()
     # first momentum step: buffer = grad + wd * param; weight: lr 0.02, wd 1e-4; bias: lr 0.04, wd 0
     assert model.weight.item() == pytest.approx(1 - 0.02 * (0.5 + 1e-4))
     assert model.bias.item() == pytest.approx(1 - 0.04 * 0.5)
+
+
+def test_fused_cpu_sgd_follows_the_foreach_one():
+    # Fused on the CPU for speed: over several momentum steps it must track the reference foreach
+    # implementation on both parameter groups (weights with decay, biases at 2x lr without).
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8), nn.Conv2d(8, 4, 1))]
+    models.append(copy.deepcopy(models[0]))
+    fused = build_optimizer(models[0], REFERENCE, torch.device("cpu"))
+    foreach = torch.optim.SGD(parameter_groups(models[1], REFERENCE), lr=0.02, momentum=0.9)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in models[0].parameters()]
+        for model, optimizer in zip(models, (fused, foreach), strict=True):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.cuda
