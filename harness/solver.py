@@ -93,9 +93,9 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD over `model`'s trainable parameters (see parameter_groups), momentum cfg.momentum.
 
-    cfg.optimizer "sgd": torch.optim.SGD, fused on CUDA and CPU (one pass over each parameter: on the
-    2-core CPU 12 ms per step for the demo's 12.4M parameters, against 29-45 ms foreach), foreach
-    (multi-tensor) elsewhere. "apex_fused_sgd": apex.optimizers.FusedSGD; raises RuntimeError when
+    cfg.optimizer "sgd": torch.optim.SGD, fused on CUDA and CPU (one pass over each parameter; 2.7x
+    foreach on the CPU demo's parameters, benchmarks/test_solver_bench.py), foreach (multi-tensor)
+    elsewhere. "apex_fused_sgd": apex.optimizers.FusedSGD; raises RuntimeError when
     apex is not installed. `device` is where the parameters live.
     """
     if cfg.optimizer not in OPTIMIZERS:

@@ -143,7 +143,8 @@ def test_fused_cpu_sgd_follows_the_foreach_one():
     models = [nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8), nn.Conv2d(8, 4, 1))]
     models.append(copy.deepcopy(models[0]))
     fused = build_optimizer(models[0], REFERENCE, torch.device("cpu"))
-    foreach = torch.optim.SGD(parameter_groups(models[1], REFERENCE), lr=0.02, momentum=0.9)
+    groups = parameter_groups(models[1], REFERENCE)
+    foreach = torch.optim.SGD(groups, lr=REFERENCE.base_lr, momentum=REFERENCE.momentum)
     for _ in range(5):
         grads = [torch.randn_like(p) for p in models[0].parameters()]
         for model, optimizer in zip(models, (fused, foreach), strict=True):
