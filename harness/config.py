@@ -135,7 +135,7 @@ class RunConfig:
     output_dir: str = "runs"
     target_bbox_map: float = 0.377
     target_segm_map: float = 0.339
-    eval_every_epochs: int = 1
+    eval_every_epochs: int = 1  # and always after the last epoch; 0 = never evaluate
     async_eval: bool = False
     eval_backend: str = "auto"  # auto (faster-coco-eval when importable) | faster | pycocotools
     checkpoint_every_epochs: int = 1
@@ -240,7 +240,27 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
     for text in overrides:
         keys, value = _parse_override(text)
         _merge(data, keys, value)
-    return _build(Config, data)
+    cfg = _build(Config, data)
+    _check_ranges(cfg)
+    return cfg
+
+
+# (section, key, least valid value): counts the loop divides by or counts down.
+_MINIMUMS = (
+    ("run", "eval_every_epochs", 0),
+    ("run", "checkpoint_every_epochs", 1),
+    ("run", "log_every_iters", 1),
+    ("solver", "ims_per_batch", 1),
+    ("solver", "max_iter", 1),
+    ("solver", "max_epochs", 0),
+)
+
+
+def _check_ranges(cfg: Config) -> None:
+    for section, key, least in _MINIMUMS:
+        value = getattr(getattr(cfg, section), key)
+        if value < least:
+            raise ConfigError(f"{section}.{key} must be at least {least}, got {value}")
 
 
 def save(cfg: Config, path: str | Path) -> None:

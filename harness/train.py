@@ -87,6 +87,32 @@ def run_evaluation(model, loader, device, cfg, label_to_category: list[int]) -> 
     return results
 
 
+def last_epoch_of_run(
+    iteration: int,
+    epoch: int,
+    position: int,
+    solver: config.SolverConfig,
+    batches_per_epoch: int,
+    ims_per_batch: int,
+) -> int:
+    """The epoch in which a run that reaches no target ends: the one holding iteration max_iter,
+    or max_epochs. `iteration`, `epoch` (completed) and `position` (images of the next epoch already
+    trained on) describe where the run starts."""
+    left_in_next = batches_per_epoch - position // ims_per_batch
+    beyond_next = max(0, solver.max_iter - iteration - left_in_next)
+    last = epoch + 1 + math.ceil(beyond_next / batches_per_epoch)
+    return min(last, solver.max_epochs) if solver.max_epochs else last
+
+
+def block_end(epoch: int, every: int, last_epoch: int) -> int:
+    """The last epoch of the MLPerf block (the epochs between two evaluations) that starts at
+    `epoch`: the next multiple of `every`, or the run's last epoch, which is always evaluated.
+    every = 0 (no evaluation): one block to the end."""
+    if every == 0:
+        return last_epoch
+    return min(math.ceil(epoch / every) * every, last_epoch)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg, hw = resolve_config(args.config, args.overrides)
@@ -163,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     mllog.init_stop()
     mllog.run_start()
     status, exit_code = "aborted", EXIT_TARGET_MISSED
+    every = cfg.run.eval_every_epochs
+    last_epoch = last_epoch_of_run(
+        iteration, epoch, position, cfg.solver, len(train_loader), cfg.solver.ims_per_batch
+    )
+    block_first = block_last = 0  # the open block's first and last epochs; 0: none open
     try:
         reached = False
         while (
@@ -171,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             and (cfg.solver.max_epochs == 0 or epoch < cfg.solver.max_epochs)
         ):
             epoch += 1
-            mllog.block_start(epoch, 1)
+            if not block_first:
+                block_first, block_last = epoch, block_end(epoch, every, last_epoch)
+                mllog.block_start(block_first, block_last - block_first + 1)
             mllog.epoch_start(epoch)
             train_loader.set_epoch(epoch, start=position)
             consumed, position = position, 0
@@ -227,14 +260,17 @@ def main(argv: list[str] | None = None) -> int:
             if consumed == len(train_loader) * cfg.solver.ims_per_batch:
                 consumed = 0
             mllog.epoch_stop(epoch)
-            mllog.block_stop(epoch)
+            block_done = epoch >= block_last or iteration >= cfg.solver.max_iter
+            if block_done:
+                mllog.block_stop(block_first)
+                block_first = 0
             if consumed:
                 # Stopped inside the epoch (max_iter): resuming must finish this epoch, not skip it.
                 save(epoch - 1, consumed)
             elif epoch % cfg.run.checkpoint_every_epochs == 0:
                 save(epoch, 0)
 
-            if epoch % cfg.run.eval_every_epochs == 0:
+            if block_done and every > 0:
                 mllog.eval_start(epoch)
                 eval_start = time.perf_counter()
                 results = evaluate.gather_results(

@@ -10,14 +10,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from harness import checkpoint
+from harness import checkpoint, config
 from harness.data.synthetic import generate
-from tests.test_mlperf_log import run_checker
+from harness.train import block_end, last_epoch_of_run
+from tests.test_mlperf_log import records, run_checker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,6 +97,59 @@ def test_open_run_log_passes_the_checker(tmp_path, dataset):
     assert any(r["type"] == "iter" and "loss_mask" in r["losses"] for r in records)
 
 
+def test_last_epoch_is_where_max_iter_or_max_epochs_falls():
+    solver = config.SolverConfig(max_iter=1532, max_epochs=0)
+    assert last_epoch_of_run(0, 0, 0, solver, 383, 2) == 4  # 1532 = 4 x 383
+    assert last_epoch_of_run(0, 0, 0, replace(solver, max_iter=1533), 383, 2) == 5
+    assert last_epoch_of_run(0, 0, 0, replace(solver, max_epochs=3), 383, 2) == 3
+    # Resumed 100 batches (200 images) into epoch 3: 183 batches finish it, 383 more end epoch 4.
+    assert last_epoch_of_run(866, 2, 200, solver, 383, 2) == 4
+    assert last_epoch_of_run(866, 2, 200, replace(solver, max_iter=1533), 383, 2) == 5
+
+
+def test_blocks_end_at_every_kth_epoch_and_at_the_last():
+    assert [block_end(e, 1, 4) for e in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    assert [block_end(e, 2, 5) for e in (1, 3, 5)] == [2, 4, 5]
+    assert block_end(3, 2, 8) == 4  # a run resumed inside a block closes it where it would have
+    assert block_end(1, 0, 6) == 6  # no evaluation: one block
+
+
+@pytest.mark.slow
+def test_evaluating_every_second_epoch_logs_blocks_of_two(tmp_path, dataset):
+    """Three epochs, an evaluation every two: blocks (1, 2) and (3, 1), evaluated after epochs 2
+    and 3 (the last is always evaluated), and the checker accepts the log."""
+    common = ["--config", "configs/cpu_demo.yaml", "run.target_bbox_map=1", "run.target_segm_map=1"]
+    one_epoch = tmp_path / "one_epoch"
+    train(one_epoch, dataset, *common, "run.eval_every_epochs=0", "solver.max_epochs=1")
+    length = checkpoint.load_latest(run_dirs(one_epoch)[0] / "checkpoints")["iteration"]
+    runs = tmp_path / "every_two"
+    proc = train(runs, dataset, *common, "run.eval_every_epochs=2", f"solver.max_iter={3 * length}")
+    assert proc.returncode == 4, proc.stderr[-2000:]  # targets of 1 are never reached
+    log = run_dirs(runs)[0] / "mlperf.log"
+    events = [(r["key"], r["metadata"]) for r in records(log)]
+    blocks = [(m["first_epoch_num"], m["epoch_count"]) for k, m in events if k == "block_start"]
+    assert blocks == [(1, 2), (3, 1)]
+    assert [m["first_epoch_num"] for k, m in events if k == "block_stop"] == [1, 3]
+    assert [m["epoch_num"] for k, m in events if k == "eval_accuracy"] == [2, 3]
+    result = run_checker(log)
+    assert "SUCCESS" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_a_zero_logging_interval_is_refused(tmp_path, dataset):
+    proc = train(
+        tmp_path,
+        dataset,
+        "--config",
+        "configs/cpu_demo.yaml",
+        "run.log_every_iters=0",
+        check=False,
+        tiny=False,  # TINY sets the interval
+    )
+    assert proc.returncode == 2
+    assert "run.log_every_iters must be at least 1, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, dataset):
     """N iterations straight equal N/2, a stop, and a resume for the rest.
@@ -111,7 +166,7 @@ def test_resume_continues_exactly(tmp_path, dataset):
         "run.target_bbox_map=1",
         "run.target_segm_map=1",
         "data.flip_prob=0.5",
-        "run.eval_every_epochs=100",
+        "run.eval_every_epochs=0",
     ]
     straight = tmp_path / "straight"
     train(straight, dataset, *common, "solver.max_iter=8", env=env)
@@ -128,7 +183,7 @@ def test_resume_continues_exactly(tmp_path, dataset):
 
 @pytest.mark.slow
 def test_max_iter_on_an_epochs_last_batch_checkpoints_the_epoch_as_done(tmp_path, dataset):
-    common = ["--config", "configs/cpu_demo.yaml", "run.eval_every_epochs=100"]
+    common = ["--config", "configs/cpu_demo.yaml", "run.eval_every_epochs=0"]
     one_epoch = tmp_path / "one_epoch"
     train(one_epoch, dataset, *common, "solver.max_epochs=1")
     length = checkpoint.load_latest(run_dirs(one_epoch)[0] / "checkpoints")["iteration"]
