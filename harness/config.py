@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    depth: int = 50  # 18, 34 or 50
+    depth: int = 50  # 10, 18, 34 or 50
     norm: str = "frozen_bn"  # frozen_bn | bn | gn
     freeze_at: int = 2  # stem + res2 frozen (0 = nothing frozen)
     stride_in_1x1: bool = True  # the Caffe2/MSRA ResNet puts the stride in the 1x1 conv

@@ -1,4 +1,4 @@
-"""The ResNet body (depth 18, 34 or 50) and the ResNet-FPN backbone of Mask R-CNN.
+"""The ResNet body (depth 10, 18, 34 or 50) and the ResNet-FPN backbone of Mask R-CNN.
 
 The body follows the MLPerf reference (maskrcnn-benchmark's `R-50-FPN`): a stem (7x7 conv, stride 2, and a
 3x3 max-pool, stride 2) then four stages res2..res5 whose last feature maps C2..C5 have strides 4, 8, 16
@@ -19,7 +19,7 @@ from harness.config import ModelConfig
 from harness.model.fpn import FPN
 
 NORMS = ("frozen_bn", "bn", "gn")
-STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+STAGE_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 STEM_CHANNELS = 64
 
 NormFactory = Callable[[int], nn.Module]
@@ -150,13 +150,13 @@ class Stem(nn.Module):
 class ResNet(nn.Module):
     """The ResNet body without its classifier.
 
-    depth: 18, 34 (basic blocks) or 50 (bottlenecks).
+    depth: 10 (one basic block per stage: the CPU demo's), 18, 34 (basic blocks) or 50 (bottlenecks).
     norm: "frozen_bn" (FrozenBatchNorm2d everywhere: the reference), "bn" (trainable BatchNorm2d),
         "gn" (GroupNorm with `gn_groups` groups).
     freeze_at: the first `freeze_at` stages (0 = stem, 1 = res2, ...) get requires_grad False; 2 (stem
         + res2) is the reference, 0 freezes nothing. With norm "bn" the frozen stages use
         FrozenBatchNorm2d, since BatchNorm would keep updating their running statistics in train mode.
-    stride_in_1x1: where bottleneck blocks put their stride (see Bottleneck); ignored for depth 18/34.
+    stride_in_1x1: where bottleneck blocks put their stride (see Bottleneck); ignored for depth 10/18/34.
 
     Attributes: out_channels, the channels of C2..C5; stride_in_1x1, True only when some block
     actually strides in a 1x1 conv.

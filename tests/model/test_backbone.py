@@ -36,6 +36,7 @@ def model_cfg(
         (18, "frozen_bn", "", 64, 64),
         (18, "frozen_bn", "", 96, 128),
         (18, "gn", "gn", 64, 96),
+        (10, "gn", "gn", 96, 64),
         (34, "bn", "", 64, 64),
         (50, "frozen_bn", "", 96, 64),
     ],
@@ -62,6 +63,15 @@ def test_body_returns_c2_to_c5():
     assert [tuple(c.shape) for c in features] == [
         (1, ch, 64 // s, 64 // s) for ch, s in zip(body.out_channels, (4, 8, 16, 32), strict=True)
     ]
+
+
+@pytest.mark.parametrize("depth,blocks", [(10, 1), (18, 2)])
+def test_basic_block_depths_have_their_blocks_per_stage(depth, blocks):
+    body = ResNet(depth, norm="gn", freeze_at=0)
+    assert [len(getattr(body, f"layer{i}")) for i in (1, 2, 3, 4)] == [blocks] * 4
+    # stem conv + per stage: 2 convs a block and a 1x1 projection in the first block of res3..res5
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in body.modules())
+    assert convs == 1 + 4 * 2 * blocks + 3
 
 
 def test_r50_fpn_parameter_count_matches_the_reference():
