@@ -1,9 +1,10 @@
 """Learning per iteration, torchvision vs this harness: torchvision's MaskRCNN built like the CPU
-demo (ResNet-18-GN FPN, FPN and mask head 64 wide, 256-wide box MLP, 128 sampled anchors and ROIs
+demo (ResNet-10-GN FPN, or `--depth 18`; FPN and mask head 64 wide, 256-wide box MLP, 128 sampled anchors and ROIs
 per image, 1000 proposals, 256 px) and trained with the demo's solver on the same synthetic images,
 then scored with the harness's COCO evaluation after each epoch.
 
     python benchmarks/learning_parity.py --data data/synthetic --iters 768 [--lr 0.02 --step 900]
+        [--depth 10|18]
 
 Compare its mAP per epoch with `python -m harness.train --config configs/cpu_demo.yaml` run with the
 same solver values (README, "The demo's status"). torchvision reads the images with PIL, masks with
@@ -24,11 +25,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from pycocotools.coco import COCO
 from torch import nn
-from torchvision.models import resnet18
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,10 +41,14 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels)
 
 
-def build_model(num_classes: int) -> MaskRCNN:
+# Basic blocks per stage: ResNet-10 is the demo's body (harness/model/backbone.py STAGE_BLOCKS).
+STAGE_BLOCKS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2]}
+
+
+def build_model(num_classes: int, depth: int) -> MaskRCNN:
     layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
     backbone = BackboneWithFPN(
-        resnet18(norm_layer=group_norm),
+        ResNet(BasicBlock, STAGE_BLOCKS[depth], norm_layer=group_norm),
         layers,
         [64, 128, 256, 512],
         64,
@@ -118,13 +123,14 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--step", type=int, default=900, help="iteration of the x0.1 LR decay")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--depth", type=int, choices=sorted(STAGE_BLOCKS), default=10)
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     train, val = Split(args.data, "train"), Split(args.data, "val")
     ids = [i for i in sorted(train.coco.getImgIds()) if train.coco.getAnnIds(imgIds=i)]
-    model = build_model(len(train.categories) + 1)
+    model = build_model(len(train.categories) + 1, args.depth)
     params = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4)
 
