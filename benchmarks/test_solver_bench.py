@@ -1,5 +1,6 @@
 """The SGD step build_optimizer returns (fused, one pass per parameter) beside torch's foreach SGD,
-on the CPU demo model's 12.4M parameters, with the same parameter groups, gradients and momentum.
+on the CPU demo model's parameters (6.1M with its ResNet-10), with the same parameter groups,
+gradients and momentum.
 
 Run: `.venv/bin/python -m pytest benchmarks/test_solver_bench.py --benchmark-only` (add
 `--bench-device cuda` on a GPU machine). Group `sgd_step_demo` pairs `ours` with `peer`.
