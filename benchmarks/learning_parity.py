@@ -1,10 +1,10 @@
 """Learning per iteration, torchvision vs this harness: torchvision's MaskRCNN built like the CPU
-demo (ResNet-10-GN FPN, or `--depth 18`; FPN and mask head 64 wide, 256-wide box MLP, 128 sampled anchors and ROIs
-per image, 1000 proposals, 256 px) and trained with the demo's solver on the same synthetic images,
+demo (ResNet-10-GN FPN, or `--depth 18`; FPN and mask head 64 wide, 256-wide box MLP, 128 sampled
+anchors and ROIs per image, 1000 proposals, 256 px) and trained with the demo's solver on the same synthetic images,
 then scored with the harness's COCO evaluation after each epoch.
 
     python benchmarks/learning_parity.py --data data/synthetic --iters 768 [--lr 0.02 --step 900]
-        [--depth 10|18]
+        [--depth 10|18|34]
 
 Compare its mAP per epoch with `python -m harness.train --config configs/cpu_demo.yaml` run with the
 same solver values (README, "The demo's status"). torchvision reads the images with PIL, masks with
@@ -35,20 +35,21 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import evaluate
+from harness.model.backbone import STAGE_BLOCKS
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels)
 
 
-# Basic blocks per stage: ResNet-10 is the demo's body (harness/model/backbone.py STAGE_BLOCKS).
-STAGE_BLOCKS = {10: [1, 1, 1, 1], 18: [2, 2, 2, 2]}
+# The depths built from basic blocks, with the harness's blocks per stage (10 is the demo's body).
+BASIC_DEPTHS = [depth for depth in sorted(STAGE_BLOCKS) if depth < 50]
 
 
 def build_model(num_classes: int, depth: int) -> MaskRCNN:
     layers = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
     backbone = BackboneWithFPN(
-        ResNet(BasicBlock, STAGE_BLOCKS[depth], norm_layer=group_norm),
+        ResNet(BasicBlock, list(STAGE_BLOCKS[depth]), norm_layer=group_norm),
         layers,
         [64, 128, 256, 512],
         64,
@@ -123,7 +124,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--step", type=int, default=900, help="iteration of the x0.1 LR decay")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--depth", type=int, choices=sorted(STAGE_BLOCKS), default=10)
+    p.add_argument("--depth", type=int, choices=BASIC_DEPTHS, default=10)
     args = p.parse_args()
 
     torch.manual_seed(args.seed)

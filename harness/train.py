@@ -93,12 +93,11 @@ def last_epoch_of_run(
     position: int,
     solver: config.SolverConfig,
     batches_per_epoch: int,
-    ims_per_batch: int,
 ) -> int:
     """The epoch in which a run that reaches no target ends: the one holding iteration max_iter,
     or max_epochs. `iteration`, `epoch` (completed) and `position` (images of the next epoch already
     trained on) describe where the run starts."""
-    left_in_next = batches_per_epoch - position // ims_per_batch
+    left_in_next = batches_per_epoch - position // solver.ims_per_batch
     beyond_next = max(0, solver.max_iter - iteration - left_in_next)
     last = epoch + 1 + math.ceil(beyond_next / batches_per_epoch)
     return min(last, solver.max_epochs) if solver.max_epochs else last
@@ -190,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     mllog.run_start()
     status, exit_code = "aborted", EXIT_TARGET_MISSED
     every = cfg.run.eval_every_epochs
-    last_epoch = last_epoch_of_run(
-        iteration, epoch, position, cfg.solver, len(train_loader), cfg.solver.ims_per_batch
-    )
+    last_epoch = last_epoch_of_run(iteration, epoch, position, cfg.solver, len(train_loader))
     block_first = block_last = 0  # the open block's first and last epochs; 0: none open
     try:
         reached = False

@@ -98,13 +98,13 @@ def test_open_run_log_passes_the_checker(tmp_path, dataset):
 
 
 def test_last_epoch_is_where_max_iter_or_max_epochs_falls():
-    solver = config.SolverConfig(max_iter=1532, max_epochs=0)
-    assert last_epoch_of_run(0, 0, 0, solver, 383, 2) == 4  # 1532 = 4 x 383
-    assert last_epoch_of_run(0, 0, 0, replace(solver, max_iter=1533), 383, 2) == 5
-    assert last_epoch_of_run(0, 0, 0, replace(solver, max_epochs=3), 383, 2) == 3
+    solver = config.SolverConfig(ims_per_batch=2, max_iter=1532, max_epochs=0)
+    assert last_epoch_of_run(0, 0, 0, solver, 383) == 4  # 1532 = 4 x 383
+    assert last_epoch_of_run(0, 0, 0, replace(solver, max_iter=1533), 383) == 5
+    assert last_epoch_of_run(0, 0, 0, replace(solver, max_epochs=3), 383) == 3
     # Resumed 100 batches (200 images) into epoch 3: 183 batches finish it, 383 more end epoch 4.
-    assert last_epoch_of_run(866, 2, 200, solver, 383, 2) == 4
-    assert last_epoch_of_run(866, 2, 200, replace(solver, max_iter=1533), 383, 2) == 5
+    assert last_epoch_of_run(866, 2, 200, solver, 383) == 4
+    assert last_epoch_of_run(866, 2, 200, replace(solver, max_iter=1533), 383) == 5
 
 
 def test_blocks_end_at_every_kth_epoch_and_at_the_last():

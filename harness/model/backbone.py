@@ -150,13 +150,15 @@ class Stem(nn.Module):
 class ResNet(nn.Module):
     """The ResNet body without its classifier.
 
-    depth: 10 (one basic block per stage: the CPU demo's), 18, 34 (basic blocks) or 50 (bottlenecks).
+    depth: 10 (one basic block per stage: the CPU demo's), 18, 34 (basic blocks) or 50
+        (bottlenecks).
     norm: "frozen_bn" (FrozenBatchNorm2d everywhere: the reference), "bn" (trainable BatchNorm2d),
         "gn" (GroupNorm with `gn_groups` groups).
     freeze_at: the first `freeze_at` stages (0 = stem, 1 = res2, ...) get requires_grad False; 2 (stem
         + res2) is the reference, 0 freezes nothing. With norm "bn" the frozen stages use
         FrozenBatchNorm2d, since BatchNorm would keep updating their running statistics in train mode.
-    stride_in_1x1: where bottleneck blocks put their stride (see Bottleneck); ignored for depth 10/18/34.
+    stride_in_1x1: where bottleneck blocks put their stride (see Bottleneck); ignored for depths
+        10/18/34.
 
     Attributes: out_channels, the channels of C2..C5; stride_in_1x1, True only when some block
     actually strides in a 1x1 conv.
