@@ -172,7 +172,7 @@ def render(template: str, requirements: str, base: NgcRelease = BASE) -> str:
         "SHMEM": SHMEM,
         "MIN_MEM": MIN_MEM,
         "SERVICE_PORTS": ",".join(f"{name}:http:{port}" for name, port in SERVICES),
-        "SERVICE_MODULES": " ".join(name for name, _ in SERVICES),
+        "SERVICE_MODULES": ", ".join(name for name, _ in SERVICES),
         "PINS": " \\\n".join(f"        {pin}" for pin in pins),
     }
 

@@ -78,6 +78,9 @@ def test_every_advertised_service_has_a_definition_and_no_other():
     # The image copies the folder where the runner looks for it.
     copies = [a.split() for k, a in dockerfile() if k == "COPY"]
     assert ["docker/service-defs", "/etc/backend.ai/service-defs"] in copies
+    # The build fails when the image cannot import a service it advertises.
+    imports = [m.group(1) for k, a in dockerfile() if (m := re.search(r'-c "import ([^"]+)"', a))]
+    assert any(set(i.replace(" ", "").split(",")) == advertised for i in imports), imports
 
 
 @pytest.mark.parametrize("name", sorted(definitions()))
