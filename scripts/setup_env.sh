@@ -90,7 +90,8 @@ _harness_setup() {
       echo "setup_env: using the container's torch; installing the other pins beside it" >&2
       "$PY" "$_harness_root/scripts/container_requirements.py" "$req" >"$_harness_root/.container-requirements.txt" \
         2>>"$_harness_log" || { _harness_fail "derive container requirements"; return 1; }
-      "$PY" -m pip install -q -r "$_harness_root/.container-requirements.txt" >>"$_harness_log" 2>&1 \
+      # Ubuntu 24.04 marks the system Python externally managed (PEP 668); NGC's torch lives there.
+      PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install -q -r "$_harness_root/.container-requirements.txt" >>"$_harness_log" 2>&1 \
         || { _harness_fail "pip install container requirements"; return 1; }
       echo "$want" >"$stamp"
     fi
