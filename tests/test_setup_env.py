@@ -131,3 +131,25 @@ def test_venv_refuses_a_folder_that_is_not_one(checkout):
     assert proc.returncode != 0 and "is not a virtual environment" in proc.stderr
     assert (folder / "precious.txt").read_text() == "user data"
     assert not [c for c in calls(log) if "venv" in c]
+
+
+def test_container_requirements_keep_the_images_torch_and_numpy():
+    import importlib.metadata
+
+    from scripts.render_dockerfile import _container_requirements
+
+    image = {"torch": "2.6.0a0+df5bbc0", "numpy": "1.26.4"}
+
+    def installed(name: str) -> str:
+        if name not in image:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return image[name]
+
+    lines = ["torch==2.14.1", "torchvision==0.29.1", "numpy==2.4.6", "# note", ""]
+    lines += ["nvidia-dali-cuda130==2.4.0", "pyyaml==6.0.4"]
+    assert _container_requirements().rewrite(lines, "12.6", installed) == [
+        "torch==2.6.0a0+df5bbc0",  # pinned to the image's build, so nothing replaces it
+        "numpy==1.26.4",  # torchvision is absent from this image: left out
+        "nvidia-dali-cuda120==2.4.0",
+        "pyyaml==6.0.4",
+    ]
