@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 
 import pytest
 
@@ -172,6 +173,9 @@ def test_tensorboard_hides_what_a_resumed_run_repeats(tmp_path):
     # The first process logged up to iteration 30; the run resumes from a checkpoint at 20.
     with MetricsWriter(tmp_path, total_iters=100, stream=io.StringIO()) as writer:
         _log_run(writer)
+    # TensorBoard reads event files in name order, and names start with the creation second: a
+    # resumed process starts later, as here.
+    time.sleep(1.1)
     with MetricsWriter(tmp_path, total_iters=100, start_iter=20, stream=io.StringIO()) as writer:
         writer.log_iteration(30, 1, {"loss_mask": 0.25}, 0.01, 0.5, 0.01, 30.0)
         writer.log_iteration(40, 1, {"loss_mask": 0.2}, 0.01, 0.5, 0.01, 30.0)
