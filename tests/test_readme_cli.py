@@ -274,7 +274,7 @@ def shell_commands(text: str) -> list[list[str]]:
 
 
 def readme_commands(markdown: str) -> list[list[str]]:
-    """Every `backend.ai ...` command of a Markdown text: in fenced code blocks and in inline code."""
+    """Every `backend.ai ...` command of a Markdown text, from code blocks and inline code."""
     found: list[list[str]] = []
     fenced = re.findall(r"^```[^\n]*\n(.*?)^```", markdown, flags=re.S | re.M)
     for block in fenced:
