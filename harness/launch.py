@@ -548,6 +548,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m harness.launch",
         description="Run harness.train under torchrun; arguments after `--` go to harness.train.",
+        epilog="Exits with the training's code on every node: 0 target reached, 2 configuration "
+        "error (also a bad cluster setup), 3 non-finite loss, 4 target missed, 130 stopped.",
     )
     p.add_argument(
         "--nproc-per-node", type=int, default=None, help="workers on this node (default: GPUs)"
@@ -587,7 +589,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="copy this variable to the sub containers started over SSH (repeatable)",
     )
-    p.add_argument("--main-host", default=None, metavar="NAME", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--main-host",
+        default=None,
+        metavar="NAME",
+        help="the main container's hostname, for a sub of a host-network cluster started by hand "
+        "(the main passes it to the subs it starts)",
+    )
     p.add_argument("--from-main", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--print", action="store_true", help="print the command(s) instead of running them"
