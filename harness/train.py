@@ -270,8 +270,15 @@ def main(argv: list[str] | None = None) -> int:
             consumed, position = position, 0
             data_start = time.perf_counter()
             for batch in train_loader:
-                if stop_signal:
-                    raise StopRequested(signal.Signals(stop_signal[0]).name, consumed)
+                # Every rank stops at the same step, even when the signal reached some a step
+                # later: one rank still inside a collective would fail instead of stopping.
+                if distributed.any_rank(bool(stop_signal)):
+                    name = (
+                        signal.Signals(stop_signal[0]).name
+                        if stop_signal
+                        else "a stop on another rank"
+                    )
+                    raise StopRequested(name, consumed)
                 batch = batch.to(device, non_blocking=True)
                 step_start = time.perf_counter()
                 lr = schedule.step(iteration)
