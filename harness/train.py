@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint, config, distributed, evaluate, platform
+from harness import checkpoint, config, distributed, evaluate, platform, postprocess
 from harness.data import build_train_loader, build_val_loader, category_ids, val_annotation_file
 from harness.metrics import MetricsWriter, write_plots
 from harness.mlperf_log import MLPerfLogger
 from harness.model import build_model
-from harness.model.roi_heads import paste_masks
 from harness.model.weights import load_backbone_weights, normalization_for
 from harness.run_dir import make_run_dir
 from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
@@ -67,22 +66,18 @@ def autocast_context(cfg: config.Config, device: torch.device):
 def run_evaluation(model, loader, device, cfg, label_to_category: list[int]) -> list[dict]:
     """Detections of this rank's share of the val set as COCO result dicts (original pixels)."""
     model.eval()
-    predictions, image_ids = [], []
+    # On a GPU, worker processes paste and encode while the model evaluates the next batch; on the
+    # CPU the model already uses every core.
+    workers = postprocess.default_workers() if device.type == "cuda" else 0
+    encoder = postprocess.ResultEncoder(
+        label_to_category, cfg.model.roi_heads.mask_threshold, workers=workers
+    )
     for batch in loader:
         batch = batch.to(device)
         with autocast_context(cfg, device):
             detections = model(batch.images, batch.targets)
-        for target, det in zip(batch.targets, detections, strict=True):
-            (h, w), (oh, ow) = target.image_size, target.orig_size
-            boxes = det.boxes * det.boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
-            masks = paste_masks(det.masks, boxes, oh, ow, cfg.model.roi_heads.mask_threshold)
-            predictions.append(
-                {"boxes": boxes, "scores": det.scores, "labels": det.labels, "masks": masks}
-            )
-            image_ids.append(target.image_id)
-    results = evaluate.to_coco_results(
-        predictions, image_ids, label_to_category, backend=cfg.run.eval_backend
-    )
+        encoder.submit(detections, batch.targets)
+    results = encoder.results()
     model.train()
     return results
 
