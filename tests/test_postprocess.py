@@ -32,11 +32,12 @@ def coco_like_detections(num_images: int, seed: int = 0, per_image: int = 100, m
     """Model-like evaluation outputs at COCO scale: per image (Detections, target).
 
     Images of `coco_like_size`, resized as the loader does (800 / 1333); per image `per_image`
-    detections in resized-image pixels: boxes of log-uniform side 8..(image side) and aspect
-    1/3..3, clipped to the image as the ROI heads clip them; descending scores; labels 1..80; and
-    M x M mask probabilities shaped like objects (a sigmoid of an ellipse's logit plus smooth noise,
-    so that a thresholded mask has ragged edges and holes). The target carries image_id,
-    image_size and orig_size, all the encoder reads."""
+    detections in resized-image pixels: object sizes by COCO's published shares (41% small, under
+    32^2 pixels of the original image; 34% medium, to 96^2; 24% large, to the whole image), area
+    log-uniform within its class, aspect 1/3..3, boxes clipped to the image as the ROI heads clip
+    them; descending scores; labels 1..80; and M x M mask probabilities shaped like objects (a
+    sigmoid of an ellipse's logit plus smooth noise, so that a thresholded mask has ragged edges).
+    The target carries image_id, image_size and orig_size, all the encoder reads."""
     grid = (np.arange(mask_size) + 0.5) / mask_size - 0.5
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
     pairs = []
@@ -45,9 +46,11 @@ def coco_like_detections(num_images: int, seed: int = 0, per_image: int = 100, m
         oh, ow = coco_like_size(rng)
         h, w = resized_size(oh, ow, 800, 1333)
         d = per_image
-        side = np.exp(rng.uniform(np.log(8), np.log(max(h, w)), size=d))
+        bounds = np.log([[4.0**2, 32.0**2], [32.0**2, 96.0**2], [96.0**2, oh * ow]])
+        low, high = bounds[rng.choice(3, size=d, p=[0.41, 0.35, 0.24])].T
+        area = np.exp(rng.uniform(low, high)) * (h / oh) ** 2
         aspect = np.exp(rng.uniform(np.log(1 / 3), np.log(3), size=d))
-        bw, bh = side * np.sqrt(aspect), side / np.sqrt(aspect)
+        bw, bh = np.sqrt(area * aspect), np.sqrt(area / aspect)
         cx, cy = rng.uniform(0, w, size=d), rng.uniform(0, h, size=d)
         boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
         boxes = np.minimum(boxes.clip(min=0), [w - 1, h - 1, w - 1, h - 1])
