@@ -1,5 +1,5 @@
-"""Evaluation post-processing at COCO scale: the path it replaces (paste every mask at the full image
-size, copy each image to the host, RLE-encode image by image) beside harness.postprocess, on
+"""Evaluation post-processing at COCO scale: the path it replaces (paste every mask at the full
+image size, copy each image to the host, RLE-encode image by image) beside harness.postprocess, on
 identical model-like outputs (tests/test_postprocess.py: coco_like_detections, 100 detections per
 image with 28 x 28 mask probabilities, COCO-shaped images).
 

@@ -1,8 +1,8 @@
 """Evaluation post-processing: a batch of detections → COCO result dicts, off the training thread.
 
-The straightforward path (`paste_masks` then `evaluate.to_coco_results`) pastes every mask into a
-full-size image and RLE-encodes D x H x W pixels per image on the training process, one image at a
-time. Here instead:
+The straightforward path (`harness.model.roi_heads.paste_masks`, then `evaluate.to_coco_results`)
+pastes every mask into a full-size image and RLE-encodes D x H x W pixels per image on the training
+process, one image at a time. Here instead:
 
 - one device→host copy per batch: every image's boxes, scores, labels and M x M mask probabilities
   travel as one packed float32 tensor (`ResultEncoder.submit`);
@@ -12,7 +12,7 @@ time. Here instead:
 - worker processes do the pasting and encoding while the model evaluates the next batch.
 
 The COCO results are identical, RLE strings included, to `paste_masks` followed by
-`evaluate.to_coco_results` (tests/test_evaluate.py compares them on the benchmark's images).
+`evaluate.to_coco_results` (tests/test_postprocess.py compares them on the benchmark's images).
 """
 
 from __future__ import annotations

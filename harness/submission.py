@@ -13,12 +13,14 @@ package_checker, result_summarizer):
 
 The system description is filled from the machine this command runs on (CPU, memory, GPUs, OS,
 framework and library versions); fields no machine can tell (submitter, status, division, storage,
-networking, cooling, notes) come from the runs' logs and from options. Then
-`python -m mlperf_logging.package_checker DIR training 3.1.0` and
-`python -m mlperf_logging.result_summarizer DIR training 3.1.0` run on the package, and the checker's
-verdict and the scored time are printed. Mask R-CNN needs 5 runs (mlperf_logging.benchmark_meta);
-the score is the olympic mean: the fastest and the slowest run dropped, the other 3 averaged
-(result_summarizer._compute_olympic_average with max_dropped_scores=1 for every benchmark but unet3d).
+networking, cooling, notes) come from the runs' logs and from options. Then the official checkers
+run on the package: `python -m mlperf_logging.package_checker DIR training 3.1.0`,
+`python -m mlperf_logging.result_summarizer DIR training 3.1.0` and, for the closed division,
+`python -m mlperf_logging.rcp_checker` (reference convergence points exist for Mask R-CNN at
+batch 8 to 272); the verdicts and the scored time are printed, their logs go to DIR.checks/.
+Mask R-CNN needs 5 runs (mlperf_logging.benchmark_meta); the score is the olympic mean: the fastest
+and the slowest run dropped, the other 3 averaged (result_summarizer._compute_olympic_average,
+max_dropped_scores=1 for every benchmark but unet3d).
 Exit status: 0 when the package checker passes, 1 when it finds errors, 2 for a bad run or option.
 """
 
@@ -146,7 +148,7 @@ def read_run(directory: Path) -> Run:
 
 
 def olympic_minutes(runs: list[Run]) -> float:
-    """The rules' score of REQUIRED_RUNS runs: drop the fastest and the slowest, average the rest."""
+    """The rules' score of the runs: drop the fastest and the slowest, average the rest."""
     minutes = sorted(run.minutes for run in runs)
     return sum(minutes[1:-1]) / (len(minutes) - 2)
 
@@ -159,7 +161,7 @@ def _read(path: str) -> str:
 
 
 def _cpu_description() -> dict[str, str]:
-    """Host CPU fields from /proc/cpuinfo and sysfs (Linux); empty where the machine does not say."""
+    """Host CPU fields from /proc/cpuinfo and sysfs (Linux); "" where the machine does not say."""
     info: dict[str, set[str]] = {}
     for line in _read("/proc/cpuinfo").splitlines():
         key, _, value = line.partition(":")

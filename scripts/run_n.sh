@@ -12,10 +12,10 @@
 #
 # Seeds: run i gets run.seed=SEED0+i, SEED0 from $RUN_N_SEED (default: from the clock), so that no
 # two runs share a seed (the closed division's seed checker requires it).
-# Cache: before each run, `sync; echo 3 > /proc/sys/vm/drop_caches` where this process may write
-# it; otherwise the command in $RUN_N_CLEAR_CACHE_HOOK runs (e.g. one that asks the host to drop
-# its caches, as NVIDIA's run scripts do from outside the container); with neither, a warning says
-# that the cache was not cleared.
+# Cache: before each run, the command in $RUN_N_CLEAR_CACHE_HOOK when set (e.g. one that asks the
+# host to drop its caches: NVIDIA's run scripts do it from outside the container), otherwise
+# `sync; echo 3 > /proc/sys/vm/drop_caches` where this process may write it; with neither, a
+# warning says that the cache was not cleared.
 # Exit status: 0 when every run reached its target (and the package passed its checks), 1 when some
 # run did not, 2 for bad usage; with --package, harness.submission's status.
 set -uo pipefail
@@ -53,10 +53,14 @@ mkdir -p "$dir" || { echo "run_n: cannot create $dir" >&2; exit 2; }
 
 clear_cache() {
   sync
-  if { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+  if [[ -n "${RUN_N_CLEAR_CACHE_HOOK:-}" ]]; then
+    if bash -c "$RUN_N_CLEAR_CACHE_HOOK"; then
+      echo "run_n: cache cleared by RUN_N_CLEAR_CACHE_HOOK"
+    else
+      echo "run_n: WARNING: RUN_N_CLEAR_CACHE_HOOK failed; cache not cleared" >&2
+    fi
+  elif { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
     echo "run_n: page cache dropped"
-  elif [[ -n "${RUN_N_CLEAR_CACHE_HOOK:-}" ]]; then
-    bash -c "$RUN_N_CLEAR_CACHE_HOOK" || echo "run_n: RUN_N_CLEAR_CACHE_HOOK failed" >&2
   else
     echo "run_n: WARNING: cache not cleared (/proc/sys/vm/drop_caches is not writable here; set" \
       "RUN_N_CLEAR_CACHE_HOOK to a command that clears it)" >&2
