@@ -78,25 +78,32 @@ def paste_rles(
     rows = np.maximum(np.minimum(y2 + 1, height) - top, 0)
     cols[rows == 0] = 0
     rows[cols == 0] = 0
-    # All boxes' pixels in one flat array, column by column with one zero after each column, so
-    # that every run of ones ends inside its column; flat[0] is a zero before everything.
-    stride = rows + 1
-    sizes = cols * stride
-    starts = np.cumsum(sizes) - sizes + 1
-    flat = np.zeros(int(sizes.sum()) + 1, dtype=bool)
+    # Every box's pixels, row by row, each box between a zero row above and one below; `change`
+    # marks where a pixel differs from the one above it, i.e. where a run down a column starts or
+    # ends.
+    stride = cols
+    sizes = (rows + 1) * cols
+    starts = np.cumsum(sizes) - sizes
+    change = np.empty(int(sizes.sum()), dtype=bool)
     planes = F.pad(masks, (1, 1, 1, 1)).view(num, 1, 1, m + 2, m + 2).unbind(0)
     # The op F.interpolate(mode="bilinear") dispatches to, without its per-call argument checks.
     upsample = torch.ops.aten.upsample_bilinear2d.vec
     for i in np.flatnonzero(cols).tolist():
         resized = upsample(planes[i], [int(box_h[i]), int(box_w[i])], False, None)
         inside = resized[0, 0].numpy()[top[i] - y1[i] :, left[i] - x1[i] :][: rows[i], : cols[i]]
-        block = flat[starts[i] : starts[i] + sizes[i]].reshape(cols[i], stride[i])
-        block[:, : rows[i]] = (inside > threshold).T
-    # Changes of value alternate: start of a run of ones, end of it (exclusive).
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        binary = inside > threshold
+        block = change[starts[i] : starts[i] + sizes[i]].reshape(rows[i] + 1, cols[i])
+        block[0] = binary[0]
+        np.not_equal(binary[1:], binary[:-1], out=block[1:-1])
+        block[-1] = binary[-1]
+    edges = np.flatnonzero(change)
     owner = np.searchsorted(starts, edges, side="right") - 1
     local = edges - starts[owner]
-    position = (left[owner] + local // stride[owner]) * height + top[owner] + local % stride[owner]
+    position = (left[owner] + local % stride[owner]) * height + top[owner] + local // stride[owner]
+    # COCO's order: by column, then down it; per column the changes alternate start, end.
+    # (A run's end may be height * width, one past the last pixel.)
+    span = height * width + 1
+    owner, position = np.divmod(np.sort(owner * span + position), span)
     run_start, run_end, run_owner = position[0::2], position[1::2], owner[0::2]
     # A run that ends at the bottom of a full-height column goes on at the next column's top.
     joined = np.zeros(len(run_start), dtype=bool)
