@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint, config, distributed, evaluate, platform, postprocess
+from harness import checkpoint, config, distributed, evaluate, platform
 from harness.data import build_train_loader, build_val_loader, category_ids, val_annotation_file
 from harness.metrics import MetricsWriter, write_plots
 from harness.mlperf_log import MLPerfLogger
 from harness.model import build_model
 from harness.model.weights import load_backbone_weights, normalization_for
+from harness.postprocess import ResultEncoder, default_workers
 from harness.run_dir import make_run_dir
 from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
 
@@ -68,10 +69,8 @@ def run_evaluation(model, loader, device, cfg, label_to_category: list[int]) -> 
     model.eval()
     # On a GPU, worker processes paste and encode while the model evaluates the next batch; on the
     # CPU the model already uses every core.
-    workers = postprocess.default_workers() if device.type == "cuda" else 0
-    encoder = postprocess.ResultEncoder(
-        label_to_category, cfg.model.roi_heads.mask_threshold, workers=workers
-    )
+    workers = default_workers() if device.type == "cuda" else 0
+    encoder = ResultEncoder(label_to_category, cfg.model.roi_heads.mask_threshold, workers=workers)
     for batch in loader:
         batch = batch.to(device)
         with autocast_context(cfg, device):
