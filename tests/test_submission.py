@@ -128,6 +128,59 @@ def test_wrong_run_count_and_bad_options(five_fake_runs, tmp_path, capsys):
     assert code == 2 and "exists" in stderr
 
 
+STUB_PYTHON = """#!/usr/bin/env bash
+# Stands in for python in scripts/run_n.sh: `-m harness.train ...` makes a run directory named by
+# the seed (seed 13 fails); `-m harness.submission ...` prints its arguments.
+if [[ "$2" == harness.train ]]; then
+  for arg in "$@"; do
+    case "$arg" in run.output_dir=*) dir=${arg#*=} ;; run.seed=*) seed=${arg#*=} ;; esac
+  done
+  mkdir -p "$dir/run-$seed"
+  echo "train $* HARNESS_DROP_CACHES=$HARNESS_DROP_CACHES"
+  [[ $seed != 13 ]]
+else
+  echo "package $*"
+fi
+"""
+
+
+@pytest.mark.parametrize("seed0", [10, 12])
+def test_run_n_runs_seeds_back_to_back_and_packages(tmp_path, seed0):
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    hook_log = tmp_path / "hook.log"
+    proc = subprocess.run(
+        [
+            *("bash", str(ROOT / "scripts" / "run_n.sh"), "2", "--dir", str(tmp_path / "runs")),
+            *("--package", "sys1", str(tmp_path / "package"), "--config", "configs/x.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "PY": str(stub),
+            "RUN_N_SEED": str(seed0),
+            "RUN_N_CLEAR_CACHE_HOOK": f"echo x >> {hook_log}",
+        },
+    )
+    runs = [tmp_path / "runs" / f"run-{seed0 + i}" for i in range(2)]
+    assert all(run.is_dir() for run in runs)
+    assert hook_log.read_text() == "x\n" * 2
+    assert proc.stdout.count("--config configs/x.yaml") == 2
+    assert proc.stdout.count("HARNESS_DROP_CACHES=1") == 2
+    # Packaging follows even after a failed run: harness.submission names the failed run.
+    assert f"package -m harness.submission --runs {runs[0]} {runs[1]} --system sys1" in proc.stdout
+    if seed0 == 12:
+        assert "run 2 (seed 13) exited with status 1" in proc.stderr
+    assert proc.returncode == 0  # the stub's packaging "passes"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run_n.sh"), "0"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Usage: scripts/run_n.sh N" in proc.stderr
+
+
 @pytest.mark.slow
 def test_five_cpu_runs_package_passes_the_checkers(tmp_path):
     """scripts/run_n.sh runs five tiny open-division CPU runs and packages them; the official
@@ -146,7 +199,12 @@ def test_five_cpu_runs_package_passes_the_checkers(tmp_path):
         cwd=ROOT,
         timeout=1800,
         # The hook stands in for dropping the page cache, which would slow every job on the machine.
-        env={**os.environ, "RUN_N_SEED": "100", "RUN_N_CLEAR_CACHE_HOOK": f"echo x >> {hook_log}"},
+        env={
+            **os.environ,
+            "RUN_N_SEED": "100",
+            "RUN_N_CLEAR_CACHE_HOOK": f"echo x >> {hook_log}",
+            "HARNESS_DROP_CACHES": "0",
+        },
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted((tmp_path / "runs").iterdir())
