@@ -21,8 +21,8 @@ from harness.data import build_train_loader, build_val_loader, category_ids, val
 from harness.metrics import MetricsWriter, write_plots
 from harness.mlperf_log import MLPerfLogger
 from harness.model import build_model
-from harness.model.roi_heads import paste_masks
 from harness.model.weights import load_backbone_weights, normalization_for
+from harness.postprocess import ResultEncoder, default_workers
 from harness.run_dir import make_run_dir
 from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
 
@@ -124,22 +124,16 @@ def autocast_context(cfg: config.Config, device: torch.device):
 def run_evaluation(model, loader, device, cfg, label_to_category: list[int]) -> list[dict]:
     """Detections of this rank's share of the val set as COCO result dicts (original pixels)."""
     model.eval()
-    predictions, image_ids = [], []
+    # On a GPU, worker processes paste and encode while the model evaluates the next batch; on the
+    # CPU the model already uses every core.
+    workers = default_workers() if device.type == "cuda" else 0
+    encoder = ResultEncoder(label_to_category, cfg.model.roi_heads.mask_threshold, workers=workers)
     for batch in loader:
         batch = batch.to(device)
         with autocast_context(cfg, device):
             detections = model(batch.images, batch.targets)
-        for target, det in zip(batch.targets, detections, strict=True):
-            (h, w), (oh, ow) = target.image_size, target.orig_size
-            boxes = det.boxes * det.boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
-            masks = paste_masks(det.masks, boxes, oh, ow, cfg.model.roi_heads.mask_threshold)
-            predictions.append(
-                {"boxes": boxes, "scores": det.scores, "labels": det.labels, "masks": masks}
-            )
-            image_ids.append(target.image_id)
-    results = evaluate.to_coco_results(
-        predictions, image_ids, label_to_category, backend=cfg.run.eval_backend
-    )
+        encoder.submit(detections, batch.targets)
+    results = encoder.results()
     model.train()
     return results
 
