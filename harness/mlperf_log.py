@@ -12,7 +12,9 @@ eval_stop → … → run_stop.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,6 +34,61 @@ SUBMISSION_STATUSES = ("cloud", "onprem", "preview", "research")
 # _log_helper puts the training loop's call site three frames above mllog's default.
 _CALLER_DEPTH = 3
 _logger_ids = itertools.count()
+
+
+class MLPerfLogError(OSError):
+    """A line of the MLPerf log could not be written (e.g. a full disk): the log is the run's
+    result, so this stops the run instead of being dropped as logging's handlers drop errors."""
+
+
+class _StrictFileHandler(logging.FileHandler):
+    """A FileHandler that raises on a failed write; logging's default prints and goes on, which
+    silently dropped 178 of 201 lines on a full disk."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        raise MLPerfLogError(f"could not write the MLPerf log {self.baseFilename}: {error}") from (
+            error
+        )
+
+
+def continue_log(path: str | Path) -> Path | None:
+    """Prepare a run's mlperf.log for the process that resumes it; returns the attempt's copy.
+
+    A resumed run keeps ONE log that passes the checker: the interrupted attempt's log is kept
+    aside unchanged (mlperf.attempt-<n>.log, for the record), and mlperf.log continues it without
+    what the attempt did not finish: its run_stop (the resumed process logs the run's own) and an
+    eval_start never scored (the resumed process evaluates that epoch again). The resumed process
+    then logs no second submission, init or run_start block. Returns None when there is no log.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    n = 1
+    while (kept := path.with_name(f"{path.stem}.attempt-{n}{path.suffix}")).exists():
+        n += 1
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keys = []
+    for line in lines:
+        try:
+            keys.append(json.loads(line.split(":::MLLOG ", 1)[1])["key"])
+        except (IndexError, ValueError, KeyError):
+            keys.append(None)  # a line cut short by the kill: dropped below
+    keep = [key is not None and key != constants.RUN_STOP for key in keys]
+    scored = 0
+    for i in reversed(range(len(lines))):
+        if keys[i] in (constants.EVAL_STOP, constants.EVAL_ACCURACY):
+            scored += 1
+        elif keys[i] == constants.EVAL_START:
+            if scored:
+                scored = 0
+            else:
+                keep[i] = False
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line for line, k in zip(lines, keep, strict=True) if k), "utf-8")
+    os.replace(path, kept)
+    os.replace(tmp, path)
+    return kept
 
 
 class MLPerfLogger:
@@ -59,7 +116,7 @@ class MLPerfLogger:
             path = Path(path)
             if not path.parent.is_dir():
                 raise FileNotFoundError(f"MLPerfLogger: folder of log file {path} does not exist")
-            handlers.append(logging.FileHandler(path, mode="a", encoding="utf-8"))
+            handlers.append(_StrictFileHandler(path, mode="a", encoding="utf-8"))
         if stdout:
             handlers.append(logging.StreamHandler(sys.stdout))
         for handler in handlers:
