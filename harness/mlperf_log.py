@@ -52,18 +52,20 @@ class _StrictFileHandler(logging.FileHandler):
         )
 
 
-def continue_log(path: str | Path) -> Path | None:
-    """Prepare a run's mlperf.log for the process that resumes it; returns the attempt's copy.
+def continue_log(path: str | Path, restart: bool = False) -> bool:
+    """Prepare a run's mlperf.log for the process that resumes it; True when that process
+    continues the log, False when it starts a new one (restart, or the attempt never reached
+    run_start: a run resumed before its first checkpoint starts over).
 
     A resumed run keeps ONE log that passes the checker: the interrupted attempt's log is kept
     aside unchanged (mlperf.attempt-<n>.log, for the record), and mlperf.log continues it without
     what the attempt did not finish: its run_stop (the resumed process logs the run's own) and an
     eval_start never scored (the resumed process evaluates that epoch again). The resumed process
-    then logs no second submission, init or run_start block. Returns None when there is no log.
+    then logs no second submission, init or run_start block.
     """
     path = Path(path)
     if not path.is_file():
-        return None
+        return False
     n = 1
     while (kept := path.with_name(f"{path.stem}.attempt-{n}{path.suffix}")).exists():
         n += 1
@@ -74,6 +76,9 @@ def continue_log(path: str | Path) -> Path | None:
             keys.append(json.loads(line.split(":::MLLOG ", 1)[1])["key"])
         except (IndexError, ValueError, KeyError):
             keys.append(None)  # a line cut short by the kill: dropped below
+    if restart or constants.RUN_START not in keys:
+        os.replace(path, kept)
+        return False
     keep = [key is not None and key != constants.RUN_STOP for key in keys]
     scored = 0
     for i in reversed(range(len(lines))):
@@ -88,7 +93,7 @@ def continue_log(path: str | Path) -> Path | None:
     tmp.write_text("".join(line for line, k in zip(lines, keep, strict=True) if k), "utf-8")
     os.replace(path, kept)
     os.replace(tmp, path)
-    return kept
+    return True
 
 
 class MLPerfLogger:
@@ -102,6 +107,7 @@ class MLPerfLogger:
 
     def __init__(self, path: str | Path | None, is_main: bool = True, stdout: bool = False) -> None:
         self.is_main = is_main
+        self.failed = False  # a write failed: the error went to the caller, nothing more is written
         self._logger: logging.Logger | None = None
         self._mllog: MLLogger | None = None
         if not is_main:
@@ -138,9 +144,13 @@ class MLPerfLogger:
     def _emit(
         self, kind: str, key: str, value: Any = None, metadata: dict[str, Any] | None = None
     ) -> None:
-        if self._mllog is None:
+        if self._mllog is None or self.failed:
             return
-        getattr(self._mllog, kind)(key=key, value=value, metadata=metadata)
+        try:
+            getattr(self._mllog, kind)(key=key, value=value, metadata=metadata)
+        except MLPerfLogError:
+            self.failed = True
+            raise
 
     def event(self, key: str, value: Any = None, metadata: dict[str, Any] | None = None) -> None:
         """A point-in-time line for any other key (e.g. a rule-defined optional key)."""

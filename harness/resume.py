@@ -4,7 +4,7 @@ per run directory.
 A resumed run is the same run: its seed and every setting that decides what is computed come from
 the run's own config.yaml (written with the resolved seed when the run started). Only the keys in
 RESUMABLE may differ on the command line: where the data and weights are read from, how they are
-read, and how often the run logs and checkpoints. Anything else is a mistake (exit 2), as is a
+read, how often the run logs and checkpoints, and how long it may go on. Anything else is a mistake (exit 2), as is a
 folder that is not a run, a checkpoint written by another config, or a run directory another live
 process is training in.
 """
@@ -30,6 +30,9 @@ RESUMABLE = frozenset(
         "run.checkpoint_every_epochs",
         "run.async_eval",
         "run.eval_backend",
+        # how long the run may go on: a run may be extended (the schedule's steps may not change)
+        "solver.max_iter",
+        "solver.max_epochs",
     }
 )
 LOCK_FILE = ".lock"

@@ -59,6 +59,8 @@ def test_a_full_disk_stops_the_log_instead_of_dropping_lines(tmp_path):
     log = MLPerfLogger(path)
     with pytest.raises(MLPerfLogError, match="No space left on device"):
         log.init_start()
+    assert log.failed
+    log.run_stop("aborted")  # after the failure reached the caller, nothing more is attempted
 
 
 def test_continued_log_drops_the_attempts_run_stop_and_unscored_eval(tmp_path):
@@ -74,8 +76,8 @@ def test_continued_log_drops_the_attempts_run_stop_and_unscored_eval(tmp_path):
     with open(path, "a") as f:
         f.write(':::MLLOG {"namespace": "", "time_ms": 1, "event_ty')  # a line cut by the kill
     original = path.read_text()
-    kept = continue_log(path)
-    assert kept.name == "mlperf.attempt-1.log" and kept.read_text() == original
+    assert continue_log(path)
+    assert (tmp_path / "mlperf.attempt-1.log").read_text() == original
     keys = [r["key"] for r in records(path)]
     assert "run_stop" not in keys
     assert keys.count("eval_start") == 1 and keys[-1] == "block_stop"
@@ -88,7 +90,8 @@ def test_continued_log_drops_the_attempts_run_stop_and_unscored_eval(tmp_path):
     log.close()
     result = run_checker(path)
     assert "SUCCESS" in result.stdout + result.stderr, result.stdout + result.stderr
-    assert continue_log(path).name == "mlperf.attempt-2.log"
+    assert not continue_log(path, restart=True)  # started over: the whole log is kept aside
+    assert not path.exists() and (tmp_path / "mlperf.attempt-2.log").is_file()
 
 
 def test_resumed_metrics_drop_the_iterations_after_the_checkpoint(tmp_path):
