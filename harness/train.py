@@ -305,7 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         async_eval: when an evaluation finished by now reached them)."""
         mllog.eval_start(eval_epoch)
         eval_start = time.perf_counter()
-        results = run_evaluation(model, stoppable(val_loader), device, cfg, label_to_category)
+        # Evaluation leaves the random state as it found it (the val loader draws from it): the
+        # training after it is then the same whether or not a resumed process evaluated.
+        rng = checkpoint.rng_state()
+        try:
+            results = run_evaluation(model, stoppable(val_loader), device, cfg, label_to_category)
+        finally:
+            checkpoint.set_rng_state(rng)
         if distributed.any_rank(bool(stop_signal)):
             raise StopRequested(stop_name(), eval_epoch, 0, eval_epoch)
         results = evaluate.gather_results(results)
