@@ -41,7 +41,16 @@ done
 source scripts/setup_env.sh
 
 DATADIR="${DATADIR:-./data/coco}"
-SEED="${SEED:-$(( (RANDOM << 15) | RANDOM ))}"
+if [[ ${#resume[@]} -gt 0 ]]; then
+  # A resumed run keeps its own config and seed (harness/resume.py): neither is passed again, and
+  # the RESULT line names the run's seed.
+  SEED="$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["run"]["seed"])' \
+    "${resume[1]}/config.yaml" 2>/dev/null || echo unknown)"
+  run_args=(${config:+--config "$config"} "${resume[@]}")
+else
+  SEED="${SEED:-$(( (RANDOM << 15) | RANDOM ))}"
+  run_args=(run.seed="$SEED")
+fi
 gpus="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
 have_coco=0
 [[ -f "$DATADIR/annotations/instances_train2017.json" && -d "$DATADIR/train2017" ]] && have_coco=1
@@ -71,8 +80,9 @@ rc=0
 launch_args=(${LAUNCH_ARGS:-})
 if [[ $have_coco -eq 1 && $gpus -gt 0 ]]; then
   weights="${WEIGHTS:-$DATADIR/../R-50.pkl}"
-  launch --nproc-per-node "$gpus" "${launch_args[@]}" -- --config "${config:-auto}" "${resume[@]}" \
-    run.seed="$SEED" data.root="$DATADIR" model.backbone.weights="$weights" "${overrides[@]}"
+  [[ ${#resume[@]} -gt 0 ]] || run_args=(--config "${config:-auto}" "${run_args[@]}")
+  launch --nproc-per-node "$gpus" "${launch_args[@]}" -- "${run_args[@]}" \
+    data.root="$DATADIR" model.backbone.weights="$weights" "${overrides[@]}"
 elif [[ $have_coco -eq 1 && -z "$config" ]]; then
   echo "run_and_time.sh: COCO found at $DATADIR but no GPU is visible; the MLPerf configs need GPUs." >&2
   echo "  Run the CPU demo on it explicitly with --config configs/cpu_demo.yaml data.root=$DATADIR" >&2
@@ -83,8 +93,9 @@ else
     echo "generating the synthetic COCO set into $synth"
     "$PY" -m harness.data.synthetic --out "$synth" --train 800 --val 100 --seed 1 --size 256
   fi
-  launch --nproc-per-node 1 "${launch_args[@]}" -- --config "${config:-configs/cpu_demo.yaml}" \
-    "${resume[@]}" run.seed="$SEED" data.root="$synth" "${overrides[@]}"
+  [[ ${#resume[@]} -gt 0 ]] || run_args=(--config "${config:-configs/cpu_demo.yaml}" "${run_args[@]}")
+  launch --nproc-per-node 1 "${launch_args[@]}" -- "${run_args[@]}" data.root="$synth" \
+    "${overrides[@]}"
 fi
 
 end=$(date +%s)

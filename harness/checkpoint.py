@@ -25,8 +25,42 @@ import torch
 from harness.config import Config, to_dict
 
 _NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
+# save_checkpoint's temp files: .ckpt_<iteration>.pt[.sha256].tmp-<pid>
+_TEMP = re.compile(r"^\.ckpt_\d{8,}\.pt(?:\.sha256)?\.tmp-(\d+)$")
 _DIGEST_SUFFIX = ".sha256"
 _CHUNK = 1 << 20
+
+
+class NonFiniteStateError(ValueError):
+    """The model holds NaN or Inf: such a state is never saved as a checkpoint."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temp_files(path_dir: str | Path) -> list[Path]:
+    """Delete the temp files of writes killed mid-way (their process is gone); returns them.
+
+    A SIGKILL during save_checkpoint leaves `.ckpt_*.tmp-PID` behind, possibly hundreds of MB each;
+    save_checkpoint and load_latest call this, so the next save or resume cleans up.
+    """
+    path_dir = Path(path_dir)
+    if not path_dir.is_dir():
+        return []
+    removed = []
+    for path in path_dir.iterdir():
+        m = _TEMP.match(path.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -94,6 +128,7 @@ def save_checkpoint(path_dir: str | Path, state: dict[str, Any], keep: int = 2) 
         raise KeyError("state must hold an int 'iteration' (the checkpoint is named by it)")
     path_dir = Path(path_dir)
     path_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path_dir)
     final = path_dir / checkpoint_name(state["iteration"])
     digest_path = final.with_name(final.name + _DIGEST_SUFFIX)
     # Hidden temp names never match the checkpoint pattern, so a crash leaves nothing that looks
@@ -143,8 +178,10 @@ def _verify(path: Path) -> str | None:
 def load_latest(path_dir: str | Path, map_location: str | torch.device = "cpu") -> dict | None:
     """The newest checkpoint in `path_dir` whose digest verifies, or None when there is none.
 
-    Each damaged newer file is skipped with a warning naming it.
+    Each damaged newer file is skipped with a warning naming it; temp files of killed writes are
+    removed.
     """
+    remove_stale_temp_files(path_dir)
     for path in reversed(list_checkpoints(path_dir)):
         problem = _verify(path)
         if problem is not None:
@@ -208,13 +245,29 @@ def training_state(
     epoch: int,
     sampler_position: int,
     cfg: Config,
+    eval_pending: int = 0,
 ) -> dict[str, Any]:
     """Everything needed to resume: weights, optimizer and scaler state, position, RNG, config.
 
     Args:
         model: the bare model (unwrap DistributedDataParallel's `.module` first).
         sampler_position: samples of the current epoch already consumed (global count).
+        eval_pending: the epoch whose evaluation is due but not scored yet (0: none): a resumed
+            run evaluates it first, so a kill during an evaluation does not lose it.
+
+    Raises NonFiniteStateError naming the tensors when the model holds NaN or Inf: a diverged
+    model must never become "the last good checkpoint".
     """
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise NonFiniteStateError(
+            f"not saving a checkpoint at iteration {iteration}: non-finite values in "
+            f"{', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        )
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -222,6 +275,7 @@ def training_state(
         "iteration": int(iteration),
         "epoch": int(epoch),
         "sampler_position": int(sampler_position),
+        "eval_pending": int(eval_pending),
         "rng": rng_state(),
         "config": to_dict(cfg),
     }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -34,6 +35,37 @@ def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def _drop_iterations_after(path: Path, iteration: int) -> None:
+    """Remove the iteration records past `iteration` that a killed process wrote after its last
+    checkpoint: the resumed process trains those iterations again and logs them itself.
+    Evaluation records stay (they score checkpointed weights). Rewritten atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if record.get("type") == "iter" and record.get("iteration", 0) > iteration:
+            continue
+        kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def evaluated(run_dir: str | Path) -> dict[int, tuple[float, float]]:
+    """{epoch: (box mAP, mask mAP)} of the evaluations recorded in run_dir/metrics.jsonl."""
+    if not (Path(run_dir) / METRICS_FILE).is_file():
+        return {}
+    return {
+        int(r["epoch"]): (float(r["BBOX"]), float(r["SEGM"]))
+        for r in read_metrics(run_dir)
+        if r.get("type") == "eval"
+    }
 
 
 class MetricsWriter:
@@ -71,6 +103,8 @@ class MetricsWriter:
         if not run_dir.is_dir():
             raise FileNotFoundError(f"MetricsWriter: run folder {run_dir} does not exist")
         self.path = run_dir / METRICS_FILE
+        if start_iter:
+            _drop_iterations_after(self.path, start_iter)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         # Imported here: only the main rank writes events. purge_step hides the points a resumed
         # run's previous process logged after the checkpoint it resumes from (steps > start_iter).

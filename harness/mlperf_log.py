@@ -12,7 +12,9 @@ eval_stop → … → run_stop.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,6 +36,66 @@ _CALLER_DEPTH = 3
 _logger_ids = itertools.count()
 
 
+class MLPerfLogError(OSError):
+    """A line of the MLPerf log could not be written (e.g. a full disk): the log is the run's
+    result, so this stops the run instead of being dropped as logging's handlers drop errors."""
+
+
+class _StrictFileHandler(logging.FileHandler):
+    """A FileHandler that raises on a failed write; logging's default prints and goes on, which
+    silently dropped 178 of 201 lines on a full disk."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        raise MLPerfLogError(f"could not write the MLPerf log {self.baseFilename}: {error}") from (
+            error
+        )
+
+
+def continue_log(path: str | Path, restart: bool = False) -> bool:
+    """Prepare a run's mlperf.log for the process that resumes it; True when that process
+    continues the log, False when it starts a new one (restart, or the attempt never reached
+    run_start: a run resumed before its first checkpoint starts over).
+
+    A resumed run keeps ONE log that passes the checker: the interrupted attempt's log is kept
+    aside unchanged (mlperf.attempt-<n>.log, for the record), and mlperf.log continues it without
+    what the attempt did not finish: its run_stop (the resumed process logs the run's own) and an
+    eval_start never scored (the resumed process evaluates that epoch again). The resumed process
+    then logs no second submission, init or run_start block.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    n = 1
+    while (kept := path.with_name(f"{path.stem}.attempt-{n}{path.suffix}")).exists():
+        n += 1
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keys = []
+    for line in lines:
+        try:
+            keys.append(json.loads(line.split(":::MLLOG ", 1)[1])["key"])
+        except (IndexError, ValueError, KeyError):
+            keys.append(None)  # a line cut short by the kill: dropped below
+    if restart or constants.RUN_START not in keys:
+        os.replace(path, kept)
+        return False
+    keep = [key is not None and key != constants.RUN_STOP for key in keys]
+    scored = 0
+    for i in reversed(range(len(lines))):
+        if keys[i] in (constants.EVAL_STOP, constants.EVAL_ACCURACY):
+            scored += 1
+        elif keys[i] == constants.EVAL_START:
+            if scored:
+                scored = 0
+            else:
+                keep[i] = False
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(line for line, k in zip(lines, keep, strict=True) if k), "utf-8")
+    os.replace(path, kept)
+    os.replace(tmp, path)
+    return True
+
+
 class MLPerfLogger:
     """`:::MLLOG` writer for one run.
 
@@ -45,6 +107,7 @@ class MLPerfLogger:
 
     def __init__(self, path: str | Path | None, is_main: bool = True, stdout: bool = False) -> None:
         self.is_main = is_main
+        self.failed = False  # a write failed: the error went to the caller, nothing more is written
         self._logger: logging.Logger | None = None
         self._mllog: MLLogger | None = None
         if not is_main:
@@ -59,7 +122,7 @@ class MLPerfLogger:
             path = Path(path)
             if not path.parent.is_dir():
                 raise FileNotFoundError(f"MLPerfLogger: folder of log file {path} does not exist")
-            handlers.append(logging.FileHandler(path, mode="a", encoding="utf-8"))
+            handlers.append(_StrictFileHandler(path, mode="a", encoding="utf-8"))
         if stdout:
             handlers.append(logging.StreamHandler(sys.stdout))
         for handler in handlers:
@@ -81,9 +144,13 @@ class MLPerfLogger:
     def _emit(
         self, kind: str, key: str, value: Any = None, metadata: dict[str, Any] | None = None
     ) -> None:
-        if self._mllog is None:
+        if self._mllog is None or self.failed:
             return
-        getattr(self._mllog, kind)(key=key, value=value, metadata=metadata)
+        try:
+            getattr(self._mllog, kind)(key=key, value=value, metadata=metadata)
+        except MLPerfLogError:
+            self.failed = True
+            raise
 
     def event(self, key: str, value: Any = None, metadata: dict[str, Any] | None = None) -> None:
         """A point-in-time line for any other key (e.g. a rule-defined optional key)."""

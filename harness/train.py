@@ -7,6 +7,7 @@ checkpoints, evaluation and metrics are small objects it calls.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import signal
 import sys
@@ -16,10 +17,19 @@ from pathlib import Path
 
 import torch
 
-from harness import cache, checkpoint, closed_division, config, distributed, evaluate, platform
+from harness import (
+    cache,
+    checkpoint,
+    closed_division,
+    config,
+    distributed,
+    evaluate,
+    platform,
+    resume,
+)
 from harness.data import build_train_loader, build_val_loader, category_ids, val_annotation_file
-from harness.metrics import MetricsWriter, write_plots
-from harness.mlperf_log import MLPerfLogger
+from harness.metrics import MetricsWriter, evaluated, write_plots
+from harness.mlperf_log import MLPerfLogError, MLPerfLogger, continue_log
 from harness.model import build_model
 from harness.model.weights import load_backbone_weights, normalization_for
 from harness.postprocess import ResultEncoder, default_workers
@@ -33,22 +43,42 @@ EXIT_ABORTED = 130
 
 
 class StopRequested(Exception):
-    """SIGTERM/SIGINT arrived; the loop saves a checkpoint and logs run_stop aborted."""
+    """SIGTERM/SIGINT arrived; the loop saves a checkpoint and logs run_stop aborted.
+
+    Args: the signal's name, the epochs completed, the images of the next epoch already trained
+    on, and the epoch whose evaluation the stop interrupted (0: none).
+    """
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m harness.train", description=__doc__)
-    p.add_argument("--config", required=True, help="configs/NAME.yaml, or 'auto' to detect")
-    p.add_argument("--resume", default=None, help="run directory to continue from its checkpoints")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="configs/NAME.yaml, or 'auto' to detect; with --resume, the run's own by default",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="run directory to continue from its checkpoints, with its seed and config",
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    if args.config is None and args.resume is None:
+        p.error("--config is required (or --resume RUN_DIR)")
+    return args
 
 
-def resolve_config(name: str, overrides: list[str]) -> tuple[config.Config, platform.Hardware]:
+def resolve_config(args: argparse.Namespace) -> tuple[config.Config, platform.Hardware]:
+    """The run's config: the file (or the detected platform's) with the overrides, or, resuming,
+    the run's own config.yaml, which the file and overrides may change only where
+    resume.RESUMABLE allows."""
     hw = platform.detect()
-    path = platform.auto_config_path(hw) if name == "auto" else Path(name)
-    cfg = config.load(path, overrides)
-    return cfg, hw
+    name = args.config
+    path = platform.auto_config_path(hw) if name == "auto" else name
+    if args.resume:
+        return resume.run_config(Path(args.resume), path, args.overrides), hw
+    return config.load(path, args.overrides), hw
 
 
 def check_runnable(cfg: config.Config, world_size: int) -> None:
@@ -165,22 +195,35 @@ def block_end(epoch: int, every: int, last_epoch: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg, hw = resolve_config(args.config, args.overrides)
+    cfg, hw = resolve_config(args)
     dist = distributed.init_distributed()
     platform.check_matches(cfg, hw, dist.world_size)
     check_runnable(cfg, dist.world_size)
     cache_cleared = clear_page_cache(cfg, dist)
     device = dist.device
+    # The run's config.yaml records the seed actually used: a resumed run takes it from there.
+    seed = distributed.broadcast_seed(cfg.run.seed)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
 
     run_dir = Path(args.resume) if args.resume else None
     if run_dir is None and dist.is_main:
         run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name, cfg)
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
+    lock = resume.RunLock(run_dir) if dist.is_main else None
+    state = checkpoint.load_latest(run_dir / "checkpoints") if args.resume else None
+    if state is not None:
+        resume.check_checkpoint(run_dir, cfg, state)
+    # A resumed run continues its one MLPerf log (see mlperf_log.continue_log); a run resumed
+    # before its first checkpoint starts over, its attempt's log kept aside.
+    continued = False
+    if args.resume and dist.is_main:
+        continued = continue_log(run_dir / "mlperf.log", restart=state is None)
+    continued = distributed.broadcast_object(continued)
     mllog = MLPerfLogger(run_dir / "mlperf.log", is_main=dist.is_main)
-    mllog.submission(cfg, cfg.run.platform or hw.platform, cache_cleared)
-    mllog.init_start()
+    if not continued:
+        mllog.submission(cfg, cfg.run.platform or hw.platform, cache_cleared)
+        mllog.init_start()
 
-    seed = distributed.broadcast_seed(cfg.run.seed)
     torch.manual_seed(seed + dist.rank)
     model = build_model(cfg.model)
     if cfg.model.backbone.weights:
@@ -189,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     normalization = normalization_for(cfg.model)
     model.to(device)
-    mllog.log_hyperparameters(cfg, dist.world_size, seed)
-    mllog.weights_initialization(initialized_modules(model, bool(cfg.model.backbone.weights)))
+    if not continued:
+        mllog.log_hyperparameters(cfg, dist.world_size, seed)
+        mllog.weights_initialization(initialized_modules(model, bool(cfg.model.backbone.weights)))
     train_model = model
     if dist.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -204,11 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         "cuda", enabled=device.type == "cuda" and cfg.run.precision == "amp"
     )
 
-    state = checkpoint.load_latest(run_dir / "checkpoints") if args.resume else None
-    iteration, epoch, position = 0, 0, 0
+    iteration, epoch, position, eval_pending = 0, 0, 0, 0
+    scored: dict[int, tuple[float, float]] = {}
     if state is not None:
         checkpoint.restore_training_state(state, model, optimizer, scaler)
         iteration, epoch, position = state["iteration"], state["epoch"], state["sampler_position"]
+        # An evaluation the previous process began (or had due) but never scored is redone first.
+        scored = evaluated(run_dir)
+        eval_pending = state.get("eval_pending", 0)
+        if eval_pending in scored:
+            eval_pending = 0
+        del state
 
     metrics = MetricsWriter(run_dir, cfg.solver.max_iter, iteration, is_main=dist.is_main)
     targets = {"BBOX": cfg.run.target_bbox_map, "SEGM": cfg.run.target_segm_map}
@@ -217,25 +267,64 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop_signal.append(signum))
 
-    def save(epoch_done: int, position_in_epoch: int) -> None:
+    def save(epoch_done: int, position_in_epoch: int, pending: int = 0) -> None:
+        """Checkpoint on rank 0; `pending`: the epoch whose evaluation is due and not scored."""
         if dist.is_main:
             state = checkpoint.training_state(
-                model, optimizer, scaler, iteration, epoch_done, position_in_epoch, cfg
+                model, optimizer, scaler, iteration, epoch_done, position_in_epoch, cfg, pending
             )
             checkpoint.save_checkpoint(run_dir / "checkpoints", state)
+
+    def reaches(bbox: float, segm: float) -> bool:
+        return bbox >= cfg.run.target_bbox_map and segm >= cfg.run.target_segm_map
+
+    def stop_name() -> str:
+        return signal.Signals(stop_signal[0]).name if stop_signal else "a stop on another rank"
+
+    def stoppable(loader):
+        """The val batches until a stop signal: an evaluation stops between batches."""
+        for batch in loader:
+            if stop_signal:
+                return
+            yield batch
 
     def record_eval(eval_epoch: int, acc: dict[str, float], seconds: float) -> bool:
         mllog.eval_accuracy(acc, eval_epoch)
         mllog.eval_stop(eval_epoch)
         metrics.log_eval(eval_epoch, iteration, acc, seconds)
-        return acc["BBOX"] >= cfg.run.target_bbox_map and acc["SEGM"] >= cfg.run.target_segm_map
+        return reaches(acc["BBOX"], acc["SEGM"])
 
-    mllog.init_stop()
-    # The clock starts before any part of the system touches the dataset (training_rules.adoc,
-    # "Timing": "The clock must start before any part of the system touches the dataset"): the
-    # loaders, annotation files and the evaluator are built after run_start, as the reference's
-    # tools/train_mlperf.py builds its data loader after RUN_START.
-    mllog.run_start()
+    def evaluate_epoch(eval_epoch: int) -> bool:
+        """Evaluate the model as it is after `eval_epoch`; True when the targets are reached (with
+        async_eval: when an evaluation finished by now reached them)."""
+        mllog.eval_start(eval_epoch)
+        eval_start = time.perf_counter()
+        # Evaluation leaves the random state as it found it (the val loader draws from it): the
+        # training after it is then the same whether or not a resumed process evaluated.
+        rng = checkpoint.rng_state()
+        try:
+            results = run_evaluation(model, stoppable(val_loader), device, cfg, label_to_category)
+        finally:
+            checkpoint.set_rng_state(rng)
+        if distributed.any_rank(bool(stop_signal)):
+            raise StopRequested(stop_name(), eval_epoch, 0, eval_epoch)
+        results = evaluate.gather_results(results)
+        if not dist.is_main:
+            return False
+        if evaluator is None:
+            acc = evaluate.coco_map(ann_file, results, backend=cfg.run.eval_backend)
+            return record_eval(eval_epoch, acc, time.perf_counter() - eval_start)
+        evaluator.submit(eval_epoch, results)
+        eval_started[eval_epoch] = eval_start
+        return False
+
+    if not continued:
+        mllog.init_stop()
+        # The clock starts before any part of the system touches the dataset (training_rules.adoc,
+        # "Timing": "The clock must start before any part of the system touches the dataset"):
+        # the loaders, annotation files and the evaluator are built after run_start, as the
+        # reference's tools/train_mlperf.py builds its data loader after RUN_START.
+        mllog.run_start()
     status, exit_code = "aborted", EXIT_TARGET_MISSED
     evaluator = None
     try:
@@ -243,13 +332,17 @@ def main(argv: list[str] | None = None) -> int:
         val_loader = build_val_loader(cfg, normalization, dist.rank, dist.world_size)
         ann_file = val_annotation_file(cfg)
         label_to_category = category_ids(ann_file)
-        mllog.dataset_sizes(train_loader.num_samples, val_loader.num_samples)
+        if not continued:
+            mllog.dataset_sizes(train_loader.num_samples, val_loader.num_samples)
         if cfg.run.async_eval:
             evaluator = evaluate.AsyncEvaluator(ann_file, cfg.run.eval_backend)
         every = cfg.run.eval_every_epochs
         last_epoch = last_epoch_of_run(iteration, epoch, position, cfg.solver, len(train_loader))
         block_first = block_last = 0  # the open block's first and last epochs; 0: none open
-        reached = False
+        # A previous process may have scored the target and been killed before run_stop.
+        reached = any(reaches(*acc) for acc in scored.values())
+        if eval_pending and not reached:
+            reached = distributed.broadcast_flag(evaluate_epoch(eval_pending))
         while (
             not reached
             and iteration < cfg.solver.max_iter
@@ -267,12 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Every rank stops at the same step, even when the signal reached some a step
                 # later: one rank still inside a collective would fail instead of stopping.
                 if distributed.any_rank(bool(stop_signal)):
-                    name = (
-                        signal.Signals(stop_signal[0]).name
-                        if stop_signal
-                        else "a stop on another rank"
-                    )
-                    raise StopRequested(name, consumed)
+                    raise StopRequested(stop_name(), epoch - 1, consumed, 0)
                 batch = batch.to(device, non_blocking=True)
                 step_start = time.perf_counter()
                 lr = schedule.step(iteration)
@@ -323,32 +411,26 @@ def main(argv: list[str] | None = None) -> int:
             if block_done:
                 mllog.block_stop(block_first)
                 block_first = 0
+            evaluating = block_done and every > 0
             if consumed:
                 # Stopped inside the epoch (max_iter): resuming must finish this epoch, not skip it.
-                save(epoch - 1, consumed)
-            elif epoch % cfg.run.checkpoint_every_epochs == 0:
-                save(epoch, 0)
+                save(epoch - 1, consumed, epoch if evaluating else 0)
+            elif epoch % cfg.run.checkpoint_every_epochs == 0 or evaluating:
+                # Saved before the evaluation it is due: a kill during it loses no score.
+                save(epoch, 0, epoch if evaluating else 0)
 
-            if block_done and every > 0:
-                mllog.eval_start(epoch)
-                eval_start = time.perf_counter()
-                results = evaluate.gather_results(
-                    run_evaluation(model, val_loader, device, cfg, label_to_category)
-                )
-                if dist.is_main:
-                    if evaluator is not None:
-                        evaluator.submit(epoch, results)
-                        eval_started[epoch] = eval_start
-                    else:
-                        acc = evaluate.coco_map(ann_file, results, backend=cfg.run.eval_backend)
-                        reached = record_eval(epoch, acc, time.perf_counter() - eval_start)
+            if evaluating:
+                reached = evaluate_epoch(epoch)
             if evaluator is not None and dist.is_main:
                 for done_epoch, acc in evaluator.poll():
                     seconds = time.perf_counter() - eval_started.pop(done_epoch)
                     reached = record_eval(done_epoch, acc, seconds) or reached
             reached = distributed.broadcast_flag(reached)
             if dist.is_main:
-                write_plots(run_dir, targets)
+                try:
+                    write_plots(run_dir, targets)
+                except Exception as error:  # a plot is a convenience, not the run's result
+                    print(f"warning: could not write the plots: {error}", file=sys.stderr)
 
         if evaluator is not None and not reached and dist.is_main:
             for done_epoch, acc in evaluator.wait_all():
@@ -359,16 +441,20 @@ def main(argv: list[str] | None = None) -> int:
         status = "success" if reached else "aborted"
         exit_code = 0 if reached else EXIT_TARGET_MISSED
     except StopRequested as stop:
-        signal_name, consumed_in_epoch = stop.args
-        save(epoch - 1, consumed_in_epoch)
+        signal_name, epoch_done, consumed_in_epoch, pending = stop.args
+        save(epoch_done, consumed_in_epoch, pending)
         print(
             f"{signal_name} received: checkpoint saved in {run_dir / 'checkpoints'}; "
             f"resume with --resume {run_dir}",
             file=sys.stderr,
         )
         exit_code = EXIT_ABORTED
+    except checkpoint.NonFiniteStateError as error:
+        print(f"{error}; the last good checkpoint is kept", file=sys.stderr)
+        exit_code = EXIT_NON_FINITE
     finally:
-        mllog.run_stop(status)
+        if not mllog.failed:
+            mllog.run_stop(status)
         mllog.close()
         metrics.close()
         if dist.is_main:
@@ -378,17 +464,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"could not write the plots in {run_dir / 'plots'}: {error}", file=sys.stderr)
         if evaluator is not None:
             evaluator.close()
+        if lock is not None:
+            lock.release()
         distributed.cleanup()
     return exit_code
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """main() with a configuration mistake reported as one line (exit 2, as argparse does)."""
+    """main() with a configuration mistake (exit 2, as argparse does) or a failed MLPerf log write
+    (exit 1) reported as one line."""
     try:
         return main(argv)
     except config.ConfigError as error:
         print(f"python -m harness.train: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except MLPerfLogError as error:
+        # The log is the run's result: a run whose log cannot be written has failed.
+        print(f"python -m harness.train: {error}; the run stopped", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
