@@ -246,6 +246,23 @@ def test_roi_heads_losses_match_per_image():
         torch.testing.assert_close(got, want)
 
 
+def test_pool_keeps_rois_in_float32_under_autocast():
+    """Under bf16 autocast the ROIs must not be rounded to the features' dtype: bf16 keeps 8 bits
+    of mantissa, so a box edge at 300.7 px would move by up to 1 px and pool other pixels."""
+    g = torch.Generator().manual_seed(7)
+    heads = ROIHeads(ROIHeadsConfig(), 4, num_classes=3)
+    features = [torch.randn(1, 4, 640 // s, 640 // s, generator=g) for s in (4, 8, 16, 32)]
+    boxes = torch.rand(20, 2, generator=g) * 400 + 100.3
+    boxes = torch.cat([boxes, boxes + 5 + torch.rand(20, 2, generator=g) * 120], dim=1)
+    rois = torch.cat([torch.zeros(20, 1), boxes], dim=1)
+    assert not torch.equal(rois.bfloat16().float(), rois), "the ROIs must not be bf16-exact"
+    half = [f.bfloat16() for f in features]
+    want = ops.multilevel_roi_align(half, rois, 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = heads._pool(half, rois, 7)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_rpn_training_keeps_top_candidates_over_the_batch():
     g = torch.Generator().manual_seed(4)
     cfg = dataclasses.replace(RPNConfig(), post_nms_top_n_train=300, pre_nms_top_n_train=200)
