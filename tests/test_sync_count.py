@@ -3,9 +3,13 @@ training step of the CPU demo's model syncs only where the model means to."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from benchmarks.sync_count import SyncCounter
+from benchmarks.sync_count import SyncCounter, build_step, count_step
+
+# The one host read a training step keeps (the mask head's positive count, RESULTS.md "Host syncs").
+ALLOWED_MODEL_SYNCS = {("_local_scalar_dense", "_mask_loss")}
 
 
 def ops_in(counter: SyncCounter) -> list[str]:
@@ -60,3 +64,26 @@ def test_ignores_sync_free_ops_and_reads_of_host_copies():
         bool(flags[0])  # a host read of the copy: free
     assert ops_in(counter) == ["Tensor.cpu"]
     assert all(site.startswith("tests/test_sync_count.py") for _, site in counter.events)
+
+
+def test_cpu_demo_step_syncs_only_where_the_model_allows():
+    step = build_step("configs/cpu_demo.yaml", size=(160, 192), batch=2)
+    counter = count_step(step)
+    model = {
+        (op, site.rsplit(" ", 1)[-1]): n
+        for (op, site), n in counter.events.items()
+        if not site.startswith("harness/ops/")
+    }
+    assert model == {key: 1 for key in ALLOWED_MODEL_SYNCS}, counter.report()
+
+
+@pytest.mark.slow
+def test_dgx1_step_syncs_only_where_the_model_allows():
+    step = build_step("configs/dgx1_v100x8.yaml", size=(128, 192), batch=2)
+    counter = count_step(step)
+    model = {
+        (op, site.rsplit(" ", 1)[-1]): n
+        for (op, site), n in counter.events.items()
+        if not site.startswith("harness/ops/")
+    }
+    assert model == {key: 1 for key in ALLOWED_MODEL_SYNCS}, counter.report()
