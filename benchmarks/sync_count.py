@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import statistics
 import sys
 import time
 import traceback
@@ -43,6 +44,7 @@ from benchmarks.model_cases import make_inputs
 from harness import config as config_module
 from harness.model import build_model
 from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
+from harness.train import autocast_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,13 +195,16 @@ class Step:
     images: torch.Tensor
     targets: list
     iteration: int = 0
+    cpu_autocast: bool = False
 
     def run(self) -> torch.Tensor:
         self.schedule.step(self.iteration)
-        # On the CPU the forward runs in fp32 (bf16 is emulated on most CPUs, ~30x slower):
-        # autocast changes dtypes, not which ops run. The GradScaler runs as configured.
-        autocast = self.cfg.run.precision == "amp" and self.images.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+        # When counting, the CPU runs the forward in fp32 (bf16 is emulated on most CPUs, ~30x
+        # slower): autocast changes dtypes, not which ops run. The GradScaler runs as configured.
+        device = self.images.device
+        dtype = autocast_dtype(self.cfg, device)
+        enabled = dtype is not None and (device.type == "cuda" or self.cpu_autocast)
+        with torch.autocast(device.type, dtype=dtype, enabled=enabled):
             losses = self.model(self.images, self.targets)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -234,7 +239,9 @@ def build_step(
     optimizer = build_optimizer(model, cfg.solver, torch.device(device))
     schedule = LRSchedule(optimizer, cfg.solver)
     # The GradScaler of CUDA AMP; enabled on the CPU too so that its own host reads are counted.
-    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg.run.precision == "amp")
+    scaler = torch.amp.GradScaler(
+        torch.device(device).type, enabled=cfg.run.precision in ("amp", "auto")
+    )
     inputs = make_inputs(batch, *size, num_classes=cfg.model.num_classes, seed=seed).to(device)
     return Step(cfg, model, optimizer, schedule, scaler, inputs.images, inputs.targets)
 
@@ -246,6 +253,21 @@ def count_step(step: Step, warmup: int = 1) -> SyncCounter:
     with SyncCounter() as counter:
         step.run()
     return counter
+
+
+def time_steps(step: Step, steps: int, warmup: int = 2) -> list[float]:
+    """Seconds of each of `steps` training steps after `warmup` untimed ones (compilation, caches),
+    the device synced after each."""
+    for _ in range(warmup):
+        step.run()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step.run()
+        if step.images.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def cuda_sync_count(config: str, size: tuple[int, int], batch: int) -> int:
@@ -295,8 +317,8 @@ def cuda_graph_core_speed(
     result = {"plain": _images_per_s(plain, iters)}
     graphed = build_step(config, size, batch, device="cuda")
     backbone = graphed.model.backbone
-    autocast = graphed.cfg.run.precision == "amp"
-    with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+    dtype = autocast_dtype(graphed.cfg, graphed.images.device)
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
         captured = torch.cuda.make_graphed_callables(
             backbone, (graphed.images,), allow_unused_input=True
         )
@@ -322,18 +344,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/cpu_demo.yaml")
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--precision", choices=("amp", "fp32"), default=None)
+    parser.add_argument("--precision", choices=("amp", "auto", "fp32"), default=None)
+    parser.add_argument(
+        "--time",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of counting, time N steps after 2 warm-up ones (with autocast on the CPU)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = parser.parse_args(argv)
     step = build_step(
         args.config, args.size, args.batch, precision=args.precision, overrides=args.overrides
     )
-    counter = count_step(step)
     h, w = step.images.shape[-2:]
     print(
         f"{args.config}, batch {args.batch}, padded {h}x{w}, run.precision={step.cfg.run.precision}"
+        f", model.compile={step.cfg.model.compile}, {torch.get_num_threads()} threads"
     )
-    print(counter.report())
+    if args.time:
+        # As train.py: autocast on the CPU too, and no GradScaler there.
+        step.cpu_autocast = True
+        step.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        times = time_steps(step, args.time)
+        print(
+            f"median {statistics.median(times):.3f} s per step; steps "
+            + " ".join(f"{t:.3f}" for t in times)
+        )
+        return 0
+    print(count_step(step).report())
     return 0
 
 
