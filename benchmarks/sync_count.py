@@ -318,7 +318,8 @@ def cuda_graph_core_speed(
     graphed = build_step(config, size, batch, device="cuda")
     backbone = graphed.model.backbone
     dtype = autocast_dtype(graphed.cfg, graphed.images.device)
-    with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+    # Autocast's weight-cast cache must be off while capturing (torch.cuda.make_graphed_callables).
+    with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None, cache_enabled=False):
         captured = torch.cuda.make_graphed_callables(
             backbone, (graphed.images,), allow_unused_input=True
         )
@@ -350,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         metavar="N",
-        help="instead of counting, time N steps after 2 warm-up ones (with autocast on the CPU)",
+        help="instead of counting, time N steps after the warm-up (with autocast on the CPU)",
     )
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before --time's")
     parser.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = parser.parse_args(argv)
     step = build_step(
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         # As train.py: autocast on the CPU too, and no GradScaler there.
         step.cpu_autocast = True
         step.scaler = torch.amp.GradScaler("cpu", enabled=False)
-        times = time_steps(step, args.time)
+        times = time_steps(step, args.time, args.warmup)
         print(
             f"median {statistics.median(times):.3f} s per step; steps "
             + " ".join(f"{t:.3f}" for t in times)
