@@ -1,7 +1,9 @@
 """Box and mask heads on FPN levels P2-P5: matching, sampling, targets, losses and inference.
 
 Training runs on padded [B, P] proposal tensors (matching and sampling for the whole batch at once), then
-on one flat list of sampled ROIs pooled from all levels in a single multilevel ROIAlign call.
+on a fixed batch_size_per_image sampled ROIs per image, pooled from all levels in a single multilevel
+ROIAlign call, with validity masks instead of data-dependent shapes: the step reads nothing from the
+device on the host except the mask head's number of positives (ROIHeads._mask_loss).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Anchors, matching, sampling and losses run on [B, total_anchors] tensors; proposals of all images and
 levels go through one batched NMS call. Proposal selection after NMS follows the reference: in training
 the top `post_nms_top_n_train` over the whole per-GPU batch (MLPerf's num_image_candidates), at test
-the top `post_nms_top_n_test` per image.
+the top `post_nms_top_n_test` per image. Every shape is fixed by the config (proposals come back
+padded, with a validity mask), so training never reads a count from the device.
 
 The head runs over every position without autograd, since proposals need no gradient; the losses
 recompute it with autograd at the sampled anchors only (RPNHead.at). The losses' gradient is zero at
