@@ -15,7 +15,11 @@ synchronization when the same code runs on CUDA, with the line of harness code t
   tensor_split by a tensor, bincount (its CUDA kernel reads the maximum on the host);
 - equal/allclose (a host boolean);
 - device-to-host copies: Tensor.cpu(), .tolist(), .numpy(), .to("cpu") called from harness code
-  (these never reach the dispatcher on the CPU, so they are counted at the Python method).
+  (these never reach the dispatcher on the CPU, so they are counted at the Python method);
+- blocking host-to-device copies: torch.tensor/as_tensor(data, device=...) called from harness
+  code (a copy with non_blocking=False waits for the GPU's stream).
+When counting, the forward runs in fp32 on the CPU even for amp configs (bf16 is emulated here and
+slow); autocast changes dtypes, not which ops run. `--time N` times steps instead.
 
 Ops inside harness._C's pybind functions are seen only where the C++ code calls ATen ops; a copy a
 CUDA kernel makes to the host by itself is invisible here (run `cuda_sync_count` on a GPU for those).
