@@ -25,7 +25,8 @@ def core(model: torch.nn.Module, images: torch.Tensor):
     return features, model.rpn.head(features)
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+# aot_eager also traces the backward: 28 s on the loaded 2-core machine, so it runs with -m slow.
+@pytest.mark.parametrize("backend", ["eager", pytest.param("aot_eager", marks=pytest.mark.slow)])
 def test_core_compiles_as_one_graph_with_the_same_outputs(backend):
     """fullgraph=True raises at the first graph break; aot_eager also traces the backward."""
     torch._dynamo.reset()
