@@ -56,3 +56,13 @@ def test_core_compiles_as_one_graph_with_the_same_outputs(backend):
         want = [p for p in model.parameters() if p.requires_grad]
         for got, p in zip(got_grads, want, strict=True):
             torch.testing.assert_close(got, p.grad)
+
+
+def test_model_compile_switch_compiles_the_core_in_place():
+    model = small_model(compile=True)
+    plain = small_model()
+    assert model.backbone._compiled_call_impl is not None
+    assert model.rpn.head._compiled_call_impl is not None
+    assert plain.backbone._compiled_call_impl is None
+    # In place: checkpoints and weights files keep the plain modules' keys.
+    assert model.state_dict().keys() == plain.state_dict().keys()
