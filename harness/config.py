@@ -87,6 +87,9 @@ class ModelConfig:
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
     channels_last: bool = False
+    # torch.compile(fullgraph=True) the backbone + FPN and the RPN head (benchmarks/RESULTS.md,
+    # "torch.compile of the core": off by default, it did not pay on the CPU)
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,9 @@ class RunConfig:
     name: str = "mlperf"
     platform: str = ""  # filled from the detected hardware when empty
     gpus: int = 0  # expected GPUs per node; 0 = CPU run
-    precision: str = "amp"  # amp (fp16 on CUDA, bf16 on CPU) | fp32
+    # amp (fp16 on CUDA, bf16 on CPU) | auto (fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16,
+    # fp32 on others) | fp32
+    precision: str = "amp"
     seed: int = -1  # -1 = random, logged
     output_dir: str = "runs"
     target_bbox_map: float = 0.377

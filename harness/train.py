@@ -138,16 +138,38 @@ def initialized_modules(model: torch.nn.Module, pretrained_backbone: bool) -> li
     return names
 
 
-def autocast_context(cfg: config.Config, device: torch.device):
-    """fp16 on CUDA (with a GradScaler), bf16 on CPU, nothing for fp32."""
-    if cfg.run.precision == "fp32":
-        return nullcontext()
-    if cfg.run.precision != "amp":
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16), read from cpuinfo's flags
+    (False where there is no such file). Elsewhere oneDNN emulates bf16, ~30x slower than fp32 on
+    an AVX2 CPU (benchmarks/RESULTS.md, "Precision on the CPU")."""
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast_dtype(cfg: config.Config, device: torch.device) -> torch.dtype | None:
+    """run.precision on `device`: None for fp32; amp is fp16 on CUDA (with a GradScaler) and bf16
+    on the CPU; auto is fp16 on CUDA, bf16 on a CPU with native bf16 and fp32 on other CPUs."""
+    precision = cfg.run.precision
+    if precision not in ("amp", "auto", "fp32"):
         raise config.ConfigError(
-            f"run.precision must be 'amp' or 'fp32', got {cfg.run.precision!r}"
+            f"run.precision must be 'amp', 'auto' or 'fp32', got {precision!r}"
         )
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if precision == "auto" and not native_bf16():
+        return None
+    return torch.bfloat16
+
+
+def autocast_context(cfg: config.Config, device: torch.device):
+    """Autocast to autocast_dtype(cfg, device), or nothing for fp32."""
+    dtype = autocast_dtype(cfg, device)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -244,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     optimizer = build_optimizer(model, cfg.solver, device)
     schedule = LRSchedule(optimizer, cfg.solver)
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=device.type == "cuda" and cfg.run.precision == "amp"
-    )
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(cfg, device) == torch.float16)
 
     iteration, epoch, position, eval_pending = 0, 0, 0, 0
     scored: dict[int, tuple[float, float]] = {}

@@ -10,7 +10,7 @@ from harness.data.batch import ImageTarget, Polygons
 from harness.model.backbone import build_backbone
 from harness.model.matching import pad_targets
 from harness.model.roi_heads import Detections, ROIHeads
-from harness.model.rpn import RPN
+from harness.model.rpn import RPN, sizes_tensor
 
 
 class MaskRCNN(nn.Module):
@@ -35,22 +35,24 @@ class MaskRCNN(nn.Module):
             raise ValueError(
                 f"targets has {len(targets)} entries for a batch of {images.shape[0]} images"
             )
-        image_sizes = torch.tensor([t.image_size for t in targets], device=images.device)
+        image_sizes = [tuple(t.image_size) for t in targets]
         features = self.backbone(images)
         if not self.training:
-            proposals, _ = self.rpn(features, image_sizes)
-            return self.roi_heads.forward_test(features, proposals, image_sizes)
+            proposals, valid, _ = self.rpn(features, image_sizes)
+            return self.roi_heads.forward_test(
+                features, proposals, valid, sizes_tensor(image_sizes, images.device)
+            )
 
         gt_boxes, gt_labels, gt_valid = pad_targets(
             [t.boxes for t in targets], [t.labels for t in targets]
         )
-        proposals, losses = self.rpn(features, image_sizes, gt_boxes, gt_valid)
-        counts = torch.tensor([t.polygons.num_objects for t in targets], device=images.device)
-        object_offsets = torch.cumsum(counts, 0) - counts
+        proposals, valid, losses = self.rpn(features, image_sizes, gt_boxes, gt_valid)
+        counts = torch.tensor([t.polygons.num_objects for t in targets])
+        object_offsets = (torch.cumsum(counts, 0) - counts).to(images.device, non_blocking=True)
         polygons = Polygons.cat([t.polygons for t in targets])
         losses.update(
             self.roi_heads.forward_train(
-                features, proposals, gt_boxes, gt_labels, gt_valid, polygons, object_offsets
+                features, proposals, valid, gt_boxes, gt_labels, gt_valid, polygons, object_offsets
             )
         )
         return losses
@@ -60,4 +62,9 @@ def build_model(cfg: ModelConfig) -> MaskRCNN:
     model = MaskRCNN(cfg)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        # The fixed-shape core: one graph each, no break (tests/model/test_compile.py). In place,
+        # so that state_dict keys (checkpoints, weights files) stay those of the plain modules.
+        model.backbone.compile(fullgraph=True)
+        model.rpn.head.compile(fullgraph=True)
     return model

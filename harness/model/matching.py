@@ -48,18 +48,17 @@ def match(
     """
     iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
     vals, matches = iou.max(dim=1)
-    result = matches.clone()
-    result[vals < low] = BELOW_LOW_THRESHOLD
-    result[(vals >= low) & (vals < high)] = BETWEEN_THRESHOLDS
+    # torch.where, not boolean-mask assignment: that is an index_put whose CUDA kernel syncs.
+    result = torch.where(vals < high, BETWEEN_THRESHOLDS, matches)
+    result = torch.where(vals < low, BELOW_LOW_THRESHOLD, result)
     if allow_low_quality:
         best_per_gt = iou.max(dim=2, keepdim=True).values
         # A gt with no overlap at all (best 0) must not claim every zero-IoU prediction.
         is_best = (iou == best_per_gt) & (best_per_gt > 0) & gt_valid[:, :, None]
         restore = is_best.any(dim=1)
         result = torch.where(restore, matches, result)
-    no_gt = ~gt_valid.any(dim=1)
-    result[no_gt] = BELOW_LOW_THRESHOLD
-    return result
+    no_gt = ~gt_valid.any(dim=1, keepdim=True)
+    return torch.where(no_gt, BELOW_LOW_THRESHOLD, result)
 
 
 def sample_balanced(

@@ -1,7 +1,9 @@
 """Box and mask heads on FPN levels P2-P5: matching, sampling, targets, losses and inference.
 
 Training runs on padded [B, P] proposal tensors (matching and sampling for the whole batch at once), then
-on one flat list of sampled ROIs pooled from all levels in a single multilevel ROIAlign call.
+on a fixed batch_size_per_image sampled ROIs per image, pooled from all levels in a single multilevel
+ROIAlign call, with validity masks instead of data-dependent shapes: the step reads nothing from the
+device on the host except the mask head's number of positives (ROIHeads._mask_loss).
 """
 
 from __future__ import annotations
@@ -110,10 +112,12 @@ class ROIHeads(nn.Module):
         self.mask_head = MaskHead(in_channels, cfg.mask_conv_dims, num_classes, cfg.mask_norm)
 
     def _pool(self, features: list[Tensor], rois: Tensor, resolution: int) -> Tensor:
+        """rois: Tensor[K, 5] float32, kept in float32 under autocast: a half-precision copy would
+        snap coordinates in [512, 1024) to a 0.5 px grid (bf16: 4 px) and move FPN levels."""
         cfg = self.cfg
         return ops.multilevel_roi_align(
             features[: len(cfg.pooler_scales)],
-            rois.to(features[0].dtype),
+            rois,
             resolution,
             list(cfg.pooler_scales),
             cfg.pooler_sampling_ratio,
@@ -123,75 +127,125 @@ class ROIHeads(nn.Module):
         self,
         features: list[Tensor],
         proposals: Tensor,
+        proposal_valid: Tensor,
         gt_boxes: Tensor,
         gt_labels: Tensor,
         gt_valid: Tensor,
         polygons: Polygons,
         object_offsets: Tensor,
     ) -> dict[str, Tensor]:
-        """proposals: Tensor[K, 5] grouped by image; gt_*: padded [B, G, ...] ground truth;
-        polygons: all images' objects concatenated, image b's objects starting at object_offsets[b]."""
+        """proposals: Tensor[B, P, 4] with proposal_valid: Tensor[B, P] bool (RPN.propose);
+        gt_*: padded [B, G, ...] ground truth; polygons: all images' objects concatenated, image
+        b's objects starting at object_offsets[b].
+
+        The box head runs on a fixed batch_size_per_image ROIs per image (positives first, padding
+        slots masked out of the losses), so no step reads a count on the host; the mask head runs
+        on exactly the positives (see `_mask_loss`).
+        """
         cfg = self.cfg
         batch = gt_boxes.shape[0]
-        boxes, valid = _pad_proposals(proposals, batch)
         # The reference adds the ground truth to the proposals of each image.
-        boxes = torch.cat([boxes, gt_boxes.to(boxes.dtype)], dim=1)
-        valid = torch.cat([valid, gt_valid], dim=1)
+        boxes = torch.cat([proposals, gt_boxes.to(proposals.dtype)], dim=1)
+        valid = torch.cat([proposal_valid, gt_valid], dim=1)
 
         iou = box_iou(gt_boxes, boxes)
         matches = match(iou, gt_valid, cfg.fg_iou_thresh, cfg.bg_iou_thresh, False)
-        labels = (matches >= 0).to(torch.int64)
-        labels[~valid] = -1
+        labels = torch.where(valid, (matches >= 0).to(torch.int64), -1)
         keys = matching.sampling_keys(boxes)
         pos_idx, pos_valid, neg_idx, neg_valid = sample_balanced(
             labels, cfg.batch_size_per_image, cfg.positive_fraction, keys
         )
 
-        image_idx = torch.arange(batch, device=boxes.device)[:, None]
-        pos_b, pos_slot = (image_idx.expand_as(pos_idx)[pos_valid], pos_idx[pos_valid])
-        neg_b, neg_slot = (image_idx.expand_as(neg_idx)[neg_valid], neg_idx[neg_valid])
-        pos_gt = matches[pos_b, pos_slot]
-        pos_boxes = boxes[pos_b, pos_slot]
-        pos_labels = gt_labels[pos_b, pos_gt]
-        sampled_b = torch.cat([pos_b, neg_b])
-        sampled_boxes = torch.cat([pos_boxes, boxes[neg_b, neg_slot]])
-        sampled_labels = torch.cat([pos_labels, torch.zeros_like(neg_b)])
-        rois = torch.cat([sampled_b[:, None].to(sampled_boxes.dtype), sampled_boxes], dim=1)
-        num_sampled = max(rois.shape[0], 1)
-        num_pos = pos_b.numel()
+        # At most batch_size_per_image sampled per image: move them to the front slots.
+        sampled_valid = torch.cat([pos_valid, neg_valid], dim=1)
+        width = min(cfg.batch_size_per_image, sampled_valid.shape[1])
+        front = torch.argsort((~sampled_valid).to(torch.uint8), dim=1, stable=True)[:, :width]
+        slot_valid = sampled_valid.gather(1, front)
+        slot_pos = (front < pos_idx.shape[1]) & slot_valid
+        slot = torch.cat([pos_idx, neg_idx], dim=1).gather(1, front)
+        roi_boxes = boxes.gather(1, slot[..., None].expand(-1, -1, 4))
+        roi_gt = matches.gather(1, slot).clamp(min=0)
+        roi_labels = torch.where(slot_pos, gt_labels.gather(1, roi_gt), 0)
+        image_idx = torch.arange(batch, device=boxes.device)[:, None].expand_as(slot)
+        rois = torch.cat([image_idx[..., None].to(roi_boxes.dtype), roi_boxes], dim=2)
+        num_sampled = slot_valid.sum().clamp(min=1)
 
         class_logits, box_deltas = self.box_head(
-            self._pool(features, rois, cfg.box_pooler_resolution)
+            self._pool(features, rois.reshape(-1, 5), cfg.box_pooler_resolution)
         )
-        loss_cls = F.cross_entropy(class_logits.float(), sampled_labels)
-        reg_targets = ops.encode_boxes(gt_boxes[pos_b, pos_gt], pos_boxes, cfg.bbox_reg_weights)
-        pos_deltas = box_deltas[:num_pos].view(num_pos, -1, 4)
-        pos_deltas = pos_deltas[torch.arange(num_pos, device=rois.device), pos_labels].float()
-        loss_box = (
-            F.smooth_l1_loss(pos_deltas, reg_targets, beta=cfg.box_smooth_l1_beta, reduction="sum")
-            / num_sampled
-        )
+        flat_valid, flat_pos = slot_valid.reshape(-1), slot_pos.reshape(-1)
+        flat_labels = roi_labels.reshape(-1)
+        ce = F.cross_entropy(class_logits.float(), flat_labels, reduction="none")
+        loss_cls = (ce * flat_valid).sum() / num_sampled
 
+        target_boxes = gt_boxes.gather(1, roi_gt[..., None].expand(-1, -1, 4)).reshape(-1, 4)
+        reg_targets = ops.encode_boxes(target_boxes, roi_boxes.reshape(-1, 4), cfg.bbox_reg_weights)
+        # Negatives and padding may hold degenerate boxes (NaN targets); zero them, since a NaN
+        # times a zero mask would still be NaN, in the loss and in its gradient.
+        reg_targets = torch.where(flat_pos[:, None], reg_targets, 0)
+        rows = torch.arange(flat_labels.shape[0], device=boxes.device)
+        pred = box_deltas.view(flat_labels.shape[0], -1, 4)[rows, flat_labels].float()
+        l1 = F.smooth_l1_loss(pred, reg_targets, beta=cfg.box_smooth_l1_beta, reduction="none")
+        loss_box = (l1.sum(dim=1) * flat_pos).sum() / num_sampled
+
+        loss_mask = self._mask_loss(
+            features, boxes, matches, gt_labels, pos_idx, pos_valid, polygons, object_offsets
+        )
+        return {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_mask": loss_mask}
+
+    def _mask_loss(
+        self,
+        features: list[Tensor],
+        boxes: Tensor,
+        matches: Tensor,
+        gt_labels: Tensor,
+        pos_idx: Tensor,
+        pos_valid: Tensor,
+        polygons: Polygons,
+        object_offsets: Tensor,
+    ) -> Tensor:
+        """Mask loss of the positives: boxes Tensor[B, N, 4] with matches Tensor[B, N] into the
+        ground truth; pos_idx/pos_valid Tensor[B, Qp] from sample_balanced.
+
+        The step's one host sync: the number of positives. Padding the mask head to every
+        possible positive (Qp per image) would instead run its convolutions on all Qp slots,
+        most of them empty (benchmarks/RESULTS.md, "Host syncs", has the FLOPs).
+        """
+        cfg = self.cfg
+        num_pos = int(pos_valid.sum())
+        # The positives' flat slots, image by image in sampling order, without a nonzero.
+        flat = torch.argsort((~pos_valid.reshape(-1)).to(torch.uint8), stable=True)[:num_pos]
+        pos_b = flat // pos_idx.shape[1]
+        pos_slot = pos_idx.reshape(-1)[flat]
+        pos_gt = matches[pos_b, pos_slot]
+        pos_boxes = boxes[pos_b, pos_slot]
+        rois = torch.cat([pos_b[:, None].to(pos_boxes.dtype), pos_boxes], dim=1)
         mask_logits = self.mask_head(
-            self._pool(features, rois[:num_pos], cfg.mask_pooler_resolution), pos_labels
+            self._pool(features, rois, cfg.mask_pooler_resolution), gt_labels[pos_b, pos_gt]
         )
         if num_pos == 0:
-            loss_mask = mask_logits.sum() * 0
-        else:
-            targets = ops.mask_targets(
-                polygons, pos_boxes.float(), object_offsets[pos_b] + pos_gt, cfg.mask_resolution
-            )
-            loss_mask = F.binary_cross_entropy_with_logits(mask_logits.float(), targets)
-        return {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_mask": loss_mask}
+            return mask_logits.sum() * 0
+        targets = ops.mask_targets(
+            polygons, pos_boxes.float(), object_offsets[pos_b] + pos_gt, cfg.mask_resolution
+        )
+        return F.binary_cross_entropy_with_logits(mask_logits.float(), targets)
 
     @torch.no_grad()
     def forward_test(
-        self, features: list[Tensor], proposals: Tensor, image_sizes: Tensor
+        self,
+        features: list[Tensor],
+        proposals: Tensor,
+        proposal_valid: Tensor,
+        image_sizes: Tensor,
     ) -> list[Detections]:
-        """proposals: Tensor[K, 5] grouped by image; image_sizes: Tensor[B, 2] (h, w)."""
+        """proposals: Tensor[B, P, 4] with proposal_valid: Tensor[B, P] bool (RPN.propose);
+        image_sizes: Tensor[B, 2] (h, w). Evaluation may read counts on the host."""
         cfg = self.cfg
         batch = image_sizes.shape[0]
         num_classes = self.num_classes
+        image_of = torch.arange(batch, device=proposals.device)[:, None, None]
+        image_of = image_of.expand(-1, proposals.shape[1], 1).to(proposals.dtype)
+        proposals = torch.cat([image_of, proposals], dim=2)[proposal_valid]
         class_logits, box_deltas = self.box_head(
             self._pool(features, proposals, cfg.box_pooler_resolution)
         )
@@ -234,20 +288,6 @@ class ROIHeads(nn.Module):
                 strict=True,
             )
         ]
-
-
-def _pad_proposals(proposals: Tensor, batch: int) -> tuple[Tensor, Tensor]:
-    """Tensor[K, 5] grouped by image -> (boxes Tensor[B, P, 4], valid Tensor[B, P] bool)."""
-    image_idx = proposals[:, 0].long()
-    counts = torch.bincount(image_idx, minlength=batch)
-    width = int(counts.max()) if proposals.shape[0] else 0
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(proposals.shape[0], device=proposals.device) - starts[image_idx]
-    boxes = proposals.new_zeros(batch, width, 4)
-    valid = torch.zeros(batch, width, dtype=torch.bool, device=proposals.device)
-    boxes[image_idx, slot] = proposals[:, 1:]
-    valid[image_idx, slot] = True
-    return boxes, valid
 
 
 def paste_masks(

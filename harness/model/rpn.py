@@ -3,7 +3,8 @@
 Anchors, matching, sampling and losses run on [B, total_anchors] tensors; proposals of all images and
 levels go through one batched NMS call. Proposal selection after NMS follows the reference: in training
 the top `post_nms_top_n_train` over the whole per-GPU batch (MLPerf's num_image_candidates), at test
-the top `post_nms_top_n_test` per image.
+the top `post_nms_top_n_test` per image. Every shape is fixed by the config (proposals come back
+padded, with a validity mask), so training never reads a count from the device.
 
 The head runs over every position without autograd, since proposals need no gradient; the losses
 recompute it with autograd at the sampled anchors only (RPNHead.at). The losses' gradient is zero at
@@ -24,7 +25,6 @@ from harness.model.matching import (
     BETWEEN_THRESHOLDS,
     box_iou,
     match,
-    rank_within_group,
     sample_balanced,
 )
 
@@ -147,61 +147,50 @@ class RPN(nn.Module):
     def forward(
         self,
         features: list[Tensor],
-        image_sizes: Tensor,
+        image_sizes: list[tuple[int, int]],
         gt_boxes: Tensor | None = None,
         gt_valid: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """features: FPN maps P2-P6; image_sizes: Tensor[B, 2] (h, w) of the resized images;
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """features: FPN maps P2-P6; image_sizes: (h, w) of each resized image, host ints;
         gt_boxes: Tensor[B, G, 4] padded ground truth with gt_valid: Tensor[B, G] bool (training).
 
-        Returns proposals Tensor[K, 5] (batch index, x1, y1, x2, y2), detached and grouped by image,
-        and the losses {"loss_objectness", "loss_rpn_box_reg"} in training (empty dict otherwise).
+        Returns (proposals Tensor[B, P, 4] (x1, y1, x2, y2), valid Tensor[B, P] bool, losses):
+        each image's proposals by decreasing score in its first slots, detached (see `propose`),
+        and {"loss_objectness", "loss_rpn_box_reg"} in training (an empty dict otherwise).
         """
         # Proposals need no gradient; the losses recompute the head where they need one.
         with torch.no_grad():
             objectness, deltas = self.head(features)
         anchors, levels = self.anchors(features)
-        proposals = self.propose(objectness, deltas, anchors, levels, image_sizes)
+        per_level = [f.shape[-2] * f.shape[-1] * len(self.cfg.aspect_ratios) for f in features]
+        sizes = sizes_tensor(image_sizes, anchors.device)
+        proposals, valid = self.propose(objectness, deltas, anchors, levels, per_level, sizes)
         losses: dict[str, Tensor] = {}
         if self.training:
             if gt_boxes is None or gt_valid is None:
                 raise ValueError("RPN in training mode needs gt_boxes and gt_valid")
             losses = self.loss(features, anchors, image_sizes, gt_boxes, gt_valid)
-        return proposals, losses
-
-    def visibility(self, anchors: Tensor, image_sizes: Tensor) -> Tensor:
-        """Tensor[B, N] bool: the anchor lies inside the image within straddle_thresh."""
-        t = self.cfg.straddle_thresh
-        if t < 0:
-            return torch.ones(
-                image_sizes.shape[0], anchors.shape[0], dtype=torch.bool, device=anchors.device
-            )
-        h = image_sizes[:, 0:1].to(anchors.dtype)
-        w = image_sizes[:, 1:2].to(anchors.dtype)
-        return (
-            (anchors[None, :, 0] >= -t)
-            & (anchors[None, :, 1] >= -t)
-            & (anchors[None, :, 2] < w + t)
-            & (anchors[None, :, 3] < h + t)
-        )
+        return proposals, valid, losses
 
     def loss(
         self,
         features: list[Tensor],
         anchors: Tensor,
-        image_sizes: Tensor,
+        image_sizes: list[tuple[int, int]],
         gt_boxes: Tensor,
         gt_valid: Tensor,
     ) -> dict[str, Tensor]:
         """Match and sample anchors per image, then the objectness (binary cross-entropy) and box
         (smooth L1) losses of the sampled anchors, both over the number sampled in the batch; the
-        head is evaluated at the sampled anchors only (RPNHead.at)."""
+        head is evaluated at the sampled anchors only (RPNHead.at). image_sizes: (h, w) host ints."""
         cfg = self.cfg
         iou = box_iou(gt_boxes, anchors[None].expand(gt_boxes.shape[0], -1, -1))
         matches = match(iou, gt_valid, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True)
-        labels = (matches >= 0).to(torch.int64)
-        labels[matches == BETWEEN_THRESHOLDS] = -1
-        labels[~self.visibility(anchors, image_sizes)] = -1
+        visible = torch.stack(
+            [ops.anchor_visibility(anchors, size, cfg.straddle_thresh) for size in image_sizes]
+        )
+        trainable = visible & (matches != BETWEEN_THRESHOLDS)
+        labels = torch.where(trainable, (matches >= 0).to(torch.int64), -1)
         keys = matching.sampling_keys(anchors[None].expand(labels.shape[0], -1, -1))
         pos_idx, pos_valid, neg_idx, neg_valid = sample_balanced(
             labels, cfg.batch_size_per_image, cfg.positive_fraction, keys
@@ -233,22 +222,28 @@ class RPN(nn.Module):
         deltas: Tensor,
         anchors: Tensor,
         levels: Tensor,
+        per_level: list[int],
         image_sizes: Tensor,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         """Top-k per level and image, decode, clip, one batched NMS over (image, level) groups,
-        then the reference's selection. Returns Tensor[K, 5] grouped by image."""
+        then the reference's selection, with shapes fixed by the config (no host reads).
+
+        per_level: the anchor count of each level (host ints); image_sizes: Tensor[B, 2] (h, w).
+        Returns (boxes Tensor[B, P, 4], valid Tensor[B, P] bool), each image's proposals by
+        decreasing score (ties: lower anchor index first) in its first slots. In training the
+        top post_nms_top_n_train over the whole batch (the reference's num_image_candidates), any
+        number of them from one image, so P = post_nms_top_n_train; at test the top
+        post_nms_top_n_test of each image, P = post_nms_top_n_test (both capped by the candidates).
+        """
         cfg = self.cfg
-        training = self.training
-        pre_nms = cfg.pre_nms_top_n_train if training else cfg.pre_nms_top_n_test
+        pre_nms = cfg.pre_nms_top_n_train if self.training else cfg.pre_nms_top_n_test
         batch = objectness.shape[0]
         num_levels = len(cfg.anchor_strides)
-        counts = torch.bincount(levels, minlength=num_levels).tolist()
 
         scores, index = [], []
         start = 0
-        for count in counts:
-            k = min(pre_nms, count)
-            s, i = objectness[:, start : start + count].topk(k, dim=1)
+        for count in per_level:
+            s, i = objectness[:, start : start + count].topk(min(pre_nms, count), dim=1)
             scores.append(s)
             index.append(i + start)
             start += count
@@ -264,23 +259,50 @@ class RPN(nn.Module):
 
         image_idx = torch.arange(batch, device=boxes.device)[:, None].expand_as(scores)
         groups = image_idx * num_levels + levels[index]
-        flat_boxes = boxes.reshape(-1, 4)
-        flat_scores = scores.reshape(-1)
         if cfg.min_size > 0:
-            wh = flat_boxes[:, 2:] - flat_boxes[:, :2] + 1
-            big = (wh >= cfg.min_size).all(dim=1)
-            flat_boxes, flat_scores = flat_boxes[big], flat_scores[big]
-            groups, image_idx = groups.reshape(-1)[big], image_idx.reshape(-1)[big]
-        keep = ops.batched_nms(flat_boxes, flat_scores, groups.reshape(-1), cfg.nms_thresh)
-        kept_images = image_idx.reshape(-1)[keep]
-
-        if training:
-            # The reference ranks proposals over the whole per-GPU batch (num_image_candidates).
-            keep = keep[: cfg.post_nms_top_n_train]
-            kept_images = kept_images[: cfg.post_nms_top_n_train]
+            big = (boxes[..., 2:] - boxes[..., :2] + 1 >= cfg.min_size).all(dim=2)
         else:
-            keep = keep[rank_within_group(kept_images) < cfg.post_nms_top_n_test]
-            kept_images = image_idx.reshape(-1)[keep]
-        order = torch.argsort(kept_images, stable=True)
-        keep, kept_images = keep[order], kept_images[order]
-        return torch.cat([kept_images[:, None].to(flat_boxes.dtype), flat_boxes[keep]], dim=1)
+            big = torch.ones_like(scores, dtype=torch.bool)
+        # Boxes below min_size get a group of their own: they suppress nothing and are dropped.
+        groups = torch.where(big, groups, batch * num_levels)
+        keep = batched_nms_mask(
+            boxes.reshape(-1, 4), scores.reshape(-1), groups.reshape(-1), cfg.nms_thresh
+        )
+        keep = keep.view(batch, -1) & big
+        ranked = torch.where(keep, scores, float("-inf"))
+
+        if not self.training:
+            count = min(cfg.post_nms_top_n_test, ranked.shape[1])
+            order = ranked.sort(dim=1, descending=True, stable=True).indices[:, :count]
+            picked = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+            return picked, keep.gather(1, order)
+
+        # The reference ranks proposals over the whole per-GPU batch (num_image_candidates).
+        count = min(cfg.post_nms_top_n_train, ranked.numel())
+        order = ranked.reshape(-1).sort(descending=True, stable=True).indices[:count]
+        valid = keep.reshape(-1)[order]
+        # Each pick's slot in its image: its rank among that image's valid picks. Invalid picks go
+        # to a spare row `batch`, dropped at the end.
+        image = torch.where(valid, image_idx.reshape(-1)[order], batch)
+        # (F.one_hot would read its input's min and max on the host to check them.)
+        onehot = (image[:, None] == torch.arange(batch + 1, device=image.device)).to(torch.int64)
+        slot = (onehot.cumsum(dim=0) * onehot).sum(dim=1) - 1
+        out_boxes = boxes.new_zeros(batch + 1, count, 4)
+        out_valid = torch.zeros(batch + 1, count, dtype=torch.bool, device=boxes.device)
+        out_boxes[image, slot] = boxes.reshape(-1, 4)[order]
+        out_valid[image, slot] = valid
+        return out_boxes[:batch], out_valid[:batch]
+
+
+def sizes_tensor(image_sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
+    """(h, w) host ints -> Tensor[B, 2] int64 on device. non_blocking: a blocking host-to-device
+    copy waits for the GPU's queue (a sync); this one is staged from pageable memory at once."""
+    return torch.tensor(image_sizes, dtype=torch.int64).reshape(-1, 2).to(device, non_blocking=True)
+
+
+def batched_nms_mask(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Which boxes `ops.batched_nms` keeps, as Tensor[N] bool in input order: the fixed-size form of
+    its result (the stand-in for harness.ops.batched_nms_mask, which builds it without the host)."""
+    keep = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    keep[ops.batched_nms(boxes, scores, idxs, iou_threshold)] = True
+    return keep

@@ -89,7 +89,7 @@ def test_rpn_loss_matches_per_image():
     features = [f.requires_grad_() for f in features]
     anchors, _ = rpn.anchors(features)
     objectness, deltas = rpn.head(features)
-    image_sizes = torch.tensor([[128, 160], [120, 150]])
+    image_sizes = [(128, 160), (120, 150)]
     gts = [random_gt(5, 120, g), random_gt(2, 120, g)]
     gt_boxes, _, gt_valid = pad_targets(gts, [torch.ones(len(b), dtype=torch.int64) for b in gts])
     losses = rpn.loss(features, anchors, image_sizes, gt_boxes, gt_valid)
@@ -99,7 +99,7 @@ def test_rpn_loss_matches_per_image():
         m = plain_match(box_iou(gt, anchors), cfg.fg_iou_thresh, cfg.bg_iou_thresh, True)
         labels = (m >= 0).long()
         labels[m == -2] = -1
-        h, w = image_sizes[i].tolist()
+        h, w = image_sizes[i]
         inside = (
             (anchors[:, 0] >= 0) & (anchors[:, 1] >= 0) & (anchors[:, 2] < w) & (anchors[:, 3] < h)
         )
@@ -199,14 +199,21 @@ def test_roi_heads_losses_match_per_image():
         torch.cat([gt + torch.randn(gt.shape, generator=g) * 6, random_gt(40, 128, g)])
         for gt in gts
     ]
-    proposals = torch.cat(
-        [torch.cat([torch.full((len(p), 1), float(i)), p], dim=1) for i, p in enumerate(props)]
-    )
+    # Image 1 gets fewer proposals, so its padding slots must stay out of the losses.
+    props[1] = props[1][:30]
+    proposals, _, proposal_valid = pad_targets(props, [torch.zeros(len(p)) for p in props])
     gt_boxes, gt_labels, gt_valid = pad_targets(gts, labels)
     polys = [square_polygons(b) for b in gts]
     offsets = torch.tensor([0, polys[0].num_objects])
     losses = heads.forward_train(
-        features, proposals, gt_boxes, gt_labels, gt_valid, Polygons.cat(polys), offsets
+        features,
+        proposals,
+        proposal_valid,
+        gt_boxes,
+        gt_labels,
+        gt_valid,
+        Polygons.cat(polys),
+        offsets,
     )
 
     cls_sum, box_sum, mask_sum, sampled, mask_px = 0.0, 0.0, 0.0, 0, 0
@@ -246,6 +253,90 @@ def test_roi_heads_losses_match_per_image():
         torch.testing.assert_close(got, want)
 
 
+def reference_proposals(rpn, features, image_sizes):
+    """The proposals as the index-list code computed them: drop small boxes, ops.batched_nms,
+    then the first post_nms_top_n_train kept over the batch (training) or per image (test).
+    Returns one Tensor[K_b, 4] per image, by decreasing score."""
+    cfg = rpn.cfg
+    objectness, deltas = rpn.head(features)
+    anchors, levels = rpn.anchors(features)
+    pre_nms = cfg.pre_nms_top_n_train if rpn.training else cfg.pre_nms_top_n_test
+    batch, start, candidates = objectness.shape[0], 0, []
+    for count in torch.bincount(levels).tolist():
+        s, i = objectness[:, start : start + count].topk(min(pre_nms, count), dim=1)
+        candidates.append((s, i + start))
+        start += count
+    scores = torch.cat([s for s, _ in candidates], dim=1)
+    index = torch.cat([i for _, i in candidates], dim=1)
+    boxes = ops.decode_boxes(
+        deltas.gather(1, index[..., None].expand(-1, -1, 4)).reshape(-1, 4),
+        anchors[index.reshape(-1)],
+        RPN_BOX_WEIGHTS,
+    ).view(batch, -1, 4)
+    for b, (h, w) in enumerate(image_sizes):
+        boxes[b, :, 0::2] = boxes[b, :, 0::2].clamp(0, w - 1)
+        boxes[b, :, 1::2] = boxes[b, :, 1::2].clamp(0, h - 1)
+    image = torch.arange(batch)[:, None].expand_as(scores).reshape(-1)
+    groups = (image.view(batch, -1) * 5 + levels[index]).reshape(-1)
+    boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
+    big = ((boxes[:, 2:] - boxes[:, :2] + 1) >= cfg.min_size).all(dim=1)
+    members = torch.nonzero(big).flatten()
+    keep = members[ops.batched_nms(boxes[big], scores[big], groups[big], cfg.nms_thresh)]
+    if rpn.training:
+        keep = keep[: cfg.post_nms_top_n_train]
+        return [boxes[keep[image[keep] == b]] for b in range(batch)]
+    return [boxes[keep[image[keep] == b]][: cfg.post_nms_top_n_test] for b in range(batch)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fixed_size_proposals_equal_the_index_list_ones(training):
+    g = torch.Generator().manual_seed(6)
+    cfg = dataclasses.replace(
+        RPNConfig(),
+        pre_nms_top_n_train=150,
+        post_nms_top_n_train=50,
+        pre_nms_top_n_test=120,
+        post_nms_top_n_test=20,
+        min_size=3,
+    )
+    rpn = RPN(cfg, 8).train(training)
+    for p in rpn.head.parameters():
+        torch.nn.init.normal_(p, std=0.5, generator=g)
+    features = [torch.randn(2, 8, 64 // s, 96 // s, generator=g) for s in (4, 8, 16, 32, 64)]
+    image_sizes = [(64, 96), (50, 70)]
+    gts = [random_gt(3, 50, g) for _ in range(2)]
+    gt_boxes, _, gt_valid = pad_targets(gts, [torch.ones(3, dtype=torch.int64)] * 2)
+    with torch.no_grad():
+        boxes, valid, _ = rpn(features, image_sizes, gt_boxes, gt_valid)
+        want = reference_proposals(rpn, features, image_sizes)
+    assert boxes.shape == (2, 50 if training else 20, 4)
+    for b in range(2):
+        count = int(valid[b].sum())
+        assert valid[b, :count].all(), "each image's proposals fill its first slots"
+        torch.testing.assert_close(boxes[b, :count], want[b], rtol=0, atol=0)
+    if training:
+        assert int(valid.sum()) == 50, "more than 50 survive NMS: the batch-wide cut matters"
+    else:
+        assert int(valid[0].sum()) == 20, "the test's image 0 keeps its full quota"
+
+
+def test_pool_keeps_rois_in_float32_under_autocast():
+    """Under bf16 autocast the ROIs must not be rounded to the features' dtype: bf16 keeps 8 bits
+    of mantissa, so a box edge at 300.7 px would move by up to 1 px and pool other pixels."""
+    g = torch.Generator().manual_seed(7)
+    heads = ROIHeads(ROIHeadsConfig(), 4, num_classes=3)
+    features = [torch.randn(1, 4, 640 // s, 640 // s, generator=g) for s in (4, 8, 16, 32)]
+    boxes = torch.rand(20, 2, generator=g) * 400 + 100.3
+    boxes = torch.cat([boxes, boxes + 5 + torch.rand(20, 2, generator=g) * 120], dim=1)
+    rois = torch.cat([torch.zeros(20, 1), boxes], dim=1)
+    assert not torch.equal(rois.bfloat16().float(), rois), "the ROIs must not be bf16-exact"
+    half = [f.bfloat16() for f in features]
+    want = ops.multilevel_roi_align(half, rois, 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = heads._pool(half, rois, 7)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_rpn_training_keeps_top_candidates_over_the_batch():
     g = torch.Generator().manual_seed(4)
     cfg = dataclasses.replace(RPNConfig(), post_nms_top_n_train=300, pre_nms_top_n_train=200)
@@ -254,8 +345,9 @@ def test_rpn_training_keeps_top_candidates_over_the_batch():
     features.append(torch.randn(2, 8, 1, 1, generator=g))
     gts = [random_gt(3, 64, g) for _ in range(2)]
     gt_boxes, _, gt_valid = pad_targets(gts, [torch.ones(3, dtype=torch.int64)] * 2)
-    proposals, _ = rpn(features, torch.tensor([[64, 64], [64, 64]]), gt_boxes, gt_valid)
-    assert proposals.shape[1] == 5 and proposals.shape[0] <= 300
-    image = proposals[:, 0]
-    assert torch.all(image[1:] >= image[:-1]), "proposals must be grouped by image"
-    assert (proposals[:, 1:3] >= 0).all() and (proposals[:, 3:] <= 63).all()
+    proposals, valid, _ = rpn(features, [(64, 64), (64, 64)], gt_boxes, gt_valid)
+    # One image may hold all of the batch's 300, so each image has 300 slots.
+    assert proposals.shape == (2, 300, 4) and valid.shape == (2, 300)
+    assert 0 < int(valid.sum()) <= 300
+    kept = proposals[valid]
+    assert (kept[:, :2] >= 0).all() and (kept[:, 2:] <= 63).all()
