@@ -91,7 +91,10 @@ def _is_sync(func, args, kwargs) -> bool:
 
 
 def _in_repo(filename: str) -> bool:
-    return Path(filename).resolve().is_relative_to(REPO)
+    """Whether `filename` is this repository's code: under REPO, but not an installed package
+    (a .venv inside the checkout, as CI's fresh clone has, holds torch itself)."""
+    path = Path(filename).resolve()
+    return path.is_relative_to(REPO) and "site-packages" not in path.parts
 
 
 def _site() -> str:
