@@ -17,7 +17,13 @@ from pathlib import Path
 import torch
 
 from harness import checkpoint, config, distributed, evaluate, platform
-from harness.data import build_train_loader, build_val_loader, category_ids, val_annotation_file
+from harness.data import (
+    build_train_loader,
+    build_val_loader,
+    category_ids,
+    check_inputs,
+    val_annotation_file,
+)
 from harness.metrics import MetricsWriter, write_plots
 from harness.mlperf_log import MLPerfLogger
 from harness.model import build_model
@@ -117,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, hw = resolve_config(args.config, args.overrides)
     dist = distributed.init_distributed()
     platform.check_matches(cfg, hw, dist.world_size)
+    check_inputs(cfg)  # before the run directory: a mistake leaves nothing behind
     device = dist.device
 
     run_dir = Path(args.resume) if args.resume else None
