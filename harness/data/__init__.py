@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Protocol
 from harness.config import Config, ConfigError, DataConfig
 from harness.data.coco import (
     CocoDataError,
+    CorruptImageError,
     category_ids,
+    check_num_classes,
     load_coco,
 )
 from harness.data.sampler import iterations_per_epoch
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CocoDataError",
+    "CorruptImageError",
     "TrainLoader",
     "build_train_loader",
     "build_val_loader",
@@ -130,6 +133,7 @@ def build_train_loader(
     per_rank = _check(cfg, world_size)
     data = cfg.data
     coco = load_coco(data.root, data.train_split, keep_empty_images=False)
+    check_num_classes(coco, cfg.model.num_classes)
     if (
         iterations_per_epoch(len(coco.records), world_size, per_rank, data.aspect_ratio_grouping)
         < 1
@@ -169,6 +173,7 @@ def build_val_loader(
     _check(cfg, world_size)
     data = cfg.data
     coco = load_coco(data.root, data.val_split, keep_empty_images=True)
+    check_num_classes(coco, cfg.model.num_classes)
     if resolve_loader(data) == "dali":
         from dali_pipeline.loader import DaliValLoader
 
