@@ -4,7 +4,7 @@
 # R-50.pkl. Prints PASSED, FAILED or SKIPPED per item; exits 1 when anything FAILED.
 #
 # Environment (for tests and other datasets):
-#   COCO_MD5_FILE        md5sum-format list "<md5>  <archive name>" replacing the official hashes
+#   COCO_MD5_FILE        md5sum-format list replacing the official hashes (scripts/dataset_hashes.sh)
 #   EXPECT_TRAIN_IMAGES  expected train2017 images (default 118287)
 #   EXPECT_VAL_IMAGES    expected val2017 images (default 5000)
 #   SKIP_R50=1           do not check R-50.pkl
@@ -13,6 +13,7 @@ set -uo pipefail
 
 [[ $# -eq 1 ]] || { echo "usage: $0 DATADIR" >&2; exit 2; }
 datadir="$1"
+source "$(dirname "${BASH_SOURCE[0]}")/dataset_hashes.sh"
 python="${PYTHON:-python3}"
 failed=0
 report() {  # report STATUS ITEM [DETAIL]
@@ -20,18 +21,6 @@ report() {  # report STATUS ITEM [DETAIL]
   [[ "$1" == FAILED ]] && failed=1
   return 0
 }
-
-declare -A md5=(
-  [annotations_trainval2017.zip]=f4bbac642086de4f52a3fdda2de5fa2c
-  [train2017.zip]=cced6f7f71b7629ddf16f17bbcfab6b2
-  [val2017.zip]=442b8da7639aecaf257c1dceb8ba8c80
-)
-if [[ -n "${COCO_MD5_FILE:-}" ]]; then
-  [[ -f "$COCO_MD5_FILE" ]] || { echo "COCO_MD5_FILE not found: $COCO_MD5_FILE" >&2; exit 2; }
-  while read -r sum name; do
-    [[ -n "$sum" ]] && md5[$name]="$sum"
-  done < "$COCO_MD5_FILE"
-fi
 
 for name in annotations_trainval2017.zip train2017.zip val2017.zip; do
   archive="$datadir/downloads/$name"

@@ -143,3 +143,30 @@ def test_verify_fails_on_the_official_counts_and_a_missing_tree(tmp_path):
     assert result.returncode == 1
     assert "FAILED  images train2017" in result.stdout
     assert "SKIPPED  md5 train2017.zip (not present)" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["download_dataset.sh", "verify_dataset.sh"])
+def test_both_scripts_read_the_hash_list_with_one_parser(tmp_path, mirror, script):
+    _, env = mirror
+    env |= {"SKIP_R50": "1"}
+    data = tmp_path / "data"
+    assert _run("download_dataset.sh", data, env).returncode == 0
+    listed = Path(env["COCO_MD5_FILE"]).read_text().splitlines()
+    # md5sum -b writes "<md5> *<name>", in capitals on some systems: the same sums.
+    binary = tmp_path / "binary.md5"
+    binary.write_text("".join(f"{line[:32].upper()} *{line[34:]}\n" for line in listed))
+    result = _run(script, data, env | {"COCO_MD5_FILE": str(binary)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    if script == "download_dataset.sh":
+        assert result.stdout.count("already extracted") == 3
+    else:
+        assert result.stdout.count("PASSED  md5") == 3
+    # A line that is not "<md5> <name>" is refused, not skipped, before anything is written.
+    bad = tmp_path / "bad.md5"
+    bad.write_text(listed[0] + "\nd41d8cd98f00b204e9800998ecf8427e\n")
+    result = _run(script, tmp_path / "other", env | {"COCO_MD5_FILE": str(bad)})
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"{bad}:2: not an md5 list line: d41d8cd98f00b204e9800998ecf8427e"
+    )
+    assert not (tmp_path / "other").exists()
