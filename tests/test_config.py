@@ -158,7 +158,7 @@ def test_train_refuses_each_mistake_before_creating_a_run(
     [
         (["data.root={tmp}/nowhere"], "data.root: dataset directory not found: {tmp}/nowhere"),
         (["data.val_split=test2017"], "data.root: image directory not found: {data}/test2017"),
-        (["model.num_classes=7"], "model.num_classes=7, but {data}/annotations/instances_val2017"),
+        (["data.train_split=none"], "data.root: image directory not found: {data}/none"),
         (["model.backbone.weights={tmp}/R-50.pkl"], "weights: file not found: {tmp}/R-50.pkl"),
     ],
 )
