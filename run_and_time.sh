@@ -10,12 +10,16 @@
 #   The backbone weights are read from $WEIGHTS (default $DATADIR/../R-50.pkl).
 # - No COCO at DATADIR and no GPU: the CPU demo. The synthetic COCO-layout set is generated into
 #   $SYNTH_DIR (default ./data/synthetic) when absent, and configs/cpu_demo.yaml trains on it.
+# Both run through `python -m harness.launch` (see its --help); LAUNCH_ARGS adds options to it, e.g.
+#   LAUNCH_ARGS="--port 29600 --socket-ifname eth1 --host-addr main1=10.0.0.2".
+# SIGINT/SIGTERM stop every rank: rank 0 saves a checkpoint, continue with --resume RUN_DIR.
 # Prints start and end timestamps and `RESULT,OBJECT_DETECTION,<seed>,<seconds>,<user>,<start>`;
-# exits non-zero when the target was not reached.
+# exits with the training's code: 0 target reached, 2 configuration, 3 non-finite loss, 4 target
+# missed, 130 stopped.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 config=""
 resume=()
@@ -46,12 +50,29 @@ start=$(date +%s)
 start_fmt=$(date +%Y-%m-%d\ %r)
 echo "STARTING TIMING RUN AT $start_fmt"
 
-set +e
+# The launcher runs in the background so that this shell, waiting on it, can pass on a stop: a
+# batch session's stop signal reaches this script, not its children.
+launch() {
+  "$PY" -m harness.launch "$@" &
+  child=$!
+  trap 'kill -INT "$child" 2>/dev/null' INT
+  trap 'kill -TERM "$child" 2>/dev/null' TERM
+  # wait returns early when a trapped signal arrives; wait again until the launcher has exited.
+  while :; do
+    rc=0
+    wait "$child" || rc=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  trap - INT TERM
+}
+
+rc=0
+# shellcheck disable=SC2206  # LAUNCH_ARGS is a list of options, split on purpose
+launch_args=(${LAUNCH_ARGS:-})
 if [[ $have_coco -eq 1 && $gpus -gt 0 ]]; then
   weights="${WEIGHTS:-$DATADIR/../R-50.pkl}"
-  "$PY" -m harness.launch --nproc-per-node "$gpus" -- --config "${config:-auto}" "${resume[@]}" \
+  launch --nproc-per-node "$gpus" "${launch_args[@]}" -- --config "${config:-auto}" "${resume[@]}" \
     run.seed="$SEED" data.root="$DATADIR" model.backbone.weights="$weights" "${overrides[@]}"
-  rc=$?
 elif [[ $have_coco -eq 1 && -z "$config" ]]; then
   echo "run_and_time.sh: COCO found at $DATADIR but no GPU is visible; the MLPerf configs need GPUs." >&2
   echo "  Run the CPU demo on it explicitly with --config configs/cpu_demo.yaml data.root=$DATADIR" >&2
@@ -62,11 +83,9 @@ else
     echo "generating the synthetic COCO set into $synth"
     "$PY" -m harness.data.synthetic --out "$synth" --train 800 --val 100 --seed 1 --size 256
   fi
-  "$PY" -m harness.train --config "${config:-configs/cpu_demo.yaml}" "${resume[@]}" \
-    run.seed="$SEED" data.root="$synth" "${overrides[@]}"
-  rc=$?
+  launch --nproc-per-node 1 "${launch_args[@]}" -- --config "${config:-configs/cpu_demo.yaml}" \
+    "${resume[@]}" run.seed="$SEED" data.root="$synth" "${overrides[@]}"
 fi
-set -e
 
 end=$(date +%s)
 echo "ENDING TIMING RUN AT $(date +%Y-%m-%d\ %r)"

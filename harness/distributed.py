@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# A Gloo group for host-side flags when the default group is NCCL (created on first use).
+_host_group: dist.ProcessGroup | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,23 @@ def broadcast_object(obj: Any) -> Any:
     return holder[0]
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one, e.g. a stop signal that reached some
+    ranks a step before the others. Every rank must call it at the same point of the loop.
+
+    One 4-byte all-reduce over Gloo on host memory: with NCCL the flag would have to go to the GPU
+    and be read back, a sync in every step; on the CPU it costs well under a millisecond.
+    """
+    global _host_group
+    if not is_initialized():
+        return bool(flag)
+    if dist.get_backend() != "gloo" and _host_group is None:
+        _host_group = dist.new_group(backend="gloo")
+    buffer = torch.tensor([int(bool(flag))], dtype=torch.int32)
+    dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=_host_group)
+    return bool(buffer.item())
+
+
 def parameters_in_sync(model: torch.nn.Module) -> bool:
     """True when every rank holds the same parameters: compares each rank's parameter checksum
     with rank 0's (one small collective; meant for the end of a run, not every step)."""
@@ -166,5 +185,7 @@ def barrier() -> None:
 
 def cleanup() -> None:
     """Leave the process group (no-op when none was created)."""
+    global _host_group
     if is_initialized():
         dist.destroy_process_group()
+    _host_group = None

@@ -70,7 +70,9 @@ def to_coco_results(
             scores: Tensor[D],
             labels: Tensor[D] int, contiguous classes 1..C (0 is background),
             masks (optional): Tensor[D, H, W] uint8/bool, 1 inside the object, already pasted at the
-                original image size H×W.
+                original image size H×W,
+            segmentations (optional, instead of masks): D COCO RLEs {"size", "counts": str}, as
+                `postprocess.paste_rles` writes them without pasting.
         image_ids: COCO image id of each prediction.
         category_ids: COCO category id of each contiguous class: label l → category_ids[l - 1].
         legacy_plus_one: the reference (Detectron) boxes count pixels inclusively, so a box's width
@@ -109,7 +111,13 @@ def to_coco_results(
             )
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2] + offset], axis=1)
         rles: list[dict | None] = [None] * num
-        if "masks" in prediction and num:
+        if "segmentations" in prediction:
+            rles = list(prediction["segmentations"])
+            if len(rles) != num:
+                raise ValueError(
+                    f"image {image_id}: {len(rles)} segmentations for {num} detections"
+                )
+        elif "masks" in prediction and num:
             masks = prediction["masks"].detach().cpu().numpy()
             if masks.ndim != 3 or len(masks) != num:
                 raise ValueError(

@@ -1,9 +1,15 @@
-"""Training metrics: metrics.jsonl in the run folder, a progress display, and plots made from the file.
+"""Training metrics: metrics.jsonl and TensorBoard events in the run folder, a progress display,
+and plots made from the file.
 
 metrics.jsonl holds one JSON object per line:
     {"type": "iter", "time", "iteration", "epoch", "loss", "losses": {term: value}, "lr",
      "step_time", "data_time", "img_per_s"}                     (times in seconds, unix time)
     {"type": "eval", "time", "epoch", "iteration", "BBOX", "SEGM", "eval_time"}
+
+The same values go to TensorBoard event files (events.out.tfevents.*) beside it, with the
+iteration as the step: train/loss, train/<loss term>, train/lr, train/img_per_s,
+train/step_time, train/data_time, eval/box_mAP, eval/mask_mAP, eval/time. `tensorboard --logdir
+runs/` (the image's tensorboard service) shows every run in the folder.
 
 Only the main rank writes and displays (`is_main=False` makes every method a no-op).
 """
@@ -57,6 +63,7 @@ class MetricsWriter:
         self.is_main = is_main
         self.total_iters = total_iters
         self._file: TextIO | None = None
+        self._events: Any = None
         self._bar: Any = None
         if not is_main:
             return
@@ -65,6 +72,13 @@ class MetricsWriter:
             raise FileNotFoundError(f"MetricsWriter: run folder {run_dir} does not exist")
         self.path = run_dir / METRICS_FILE
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        # Imported here: only the main rank writes events. purge_step hides the points a resumed
+        # run's previous process logged after the checkpoint it resumes from (steps > start_iter).
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._events = SummaryWriter(
+            log_dir=str(run_dir), purge_step=start_iter + 1 if start_iter else None, flush_secs=30
+        )
         self._stream = stream if stream is not None else sys.stderr
         self._last_map: tuple[int, float, float] | None = None
         self._first: tuple[int, float] | None = None
@@ -117,6 +131,10 @@ class MetricsWriter:
                 "img_per_s": float(images_per_sec),
             }
         )
+        scalars = {"loss": total, **losses, "lr": float(lr), "img_per_s": float(images_per_sec)}
+        scalars |= {"step_time": float(step_time), "data_time": float(data_time)}
+        for key, value in scalars.items():
+            self._events.add_scalar(f"train/{key}", value, iteration, walltime=now)
         if self._first is None:
             self._first = (iteration, now)
         done, started = self._first
@@ -150,10 +168,11 @@ class MetricsWriter:
         if missing:
             raise KeyError(f"log_eval: scores lack {sorted(missing)}; got {dict(scores)}")
         bbox, segm = float(scores["BBOX"]), float(scores["SEGM"])
+        now = time.time()
         self._write(
             {
                 "type": "eval",
-                "time": time.time(),
+                "time": now,
                 "epoch": epoch,
                 "iteration": iteration,
                 "BBOX": bbox,
@@ -161,6 +180,10 @@ class MetricsWriter:
                 "eval_time": float(eval_time),
             }
         )
+        for key, value in (("box_mAP", bbox), ("mask_mAP", segm), ("time", float(eval_time))):
+            self._events.add_scalar(f"eval/{key}", value, iteration, walltime=now)
+        # Evaluations are rare and the ones people wait for: shown without the 30 s delay.
+        self._events.flush()
         self._last_map = (epoch, bbox, segm)
         message = f"eval epoch {epoch}: box mAP {bbox:.4f}, mask mAP {segm:.4f} ({eval_time:.1f} s)"
         if self._bar is not None:
@@ -175,6 +198,9 @@ class MetricsWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def __enter__(self) -> MetricsWriter:
         return self

@@ -134,10 +134,18 @@ class LRSchedule:
         self.cfg = cfg
 
     def step(self, iteration: int) -> float:
-        """Sets the rates for `iteration`; returns the rate of cfg.base_lr (for logging)."""
+        """Sets the rates of the optimizer step that follows `iteration` completed steps; returns
+        the rate of cfg.base_lr (for logging).
+
+        That step runs at lr_at(iteration + 1): the MLPerf reference's trainer
+        (mlcommons/training retired_benchmarks/maskrcnn, maskrcnn_benchmark/engine/trainer.py,
+        do_train) calls scheduler.step() before each optimizer step, and its WarmupMultiStepLR
+        already stepped once at construction, so its first update uses last_epoch = 1. (NVIDIA's
+        v0.7 trainer stepped after the update, which made mlperf_linear's first step a zero one.)
+        """
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(iteration, self.cfg, group["base_lr"])
-        return lr_at(iteration, self.cfg)
+            group["lr"] = lr_at(iteration + 1, self.cfg, group["base_lr"])
+        return lr_at(iteration + 1, self.cfg)
 
 
 def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> Tensor | None:

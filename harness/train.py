@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from harness import checkpoint, config, distributed, evaluate, platform
+from harness import cache, checkpoint, closed_division, config, distributed, evaluate, platform
 from harness.data import (
     build_train_loader,
     build_val_loader,
@@ -27,8 +27,8 @@ from harness.data import (
 from harness.metrics import MetricsWriter, write_plots
 from harness.mlperf_log import MLPerfLogger
 from harness.model import build_model
-from harness.model.roi_heads import paste_masks
 from harness.model.weights import load_backbone_weights, normalization_for
+from harness.postprocess import ResultEncoder, default_workers
 from harness.run_dir import make_run_dir
 from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
 
@@ -57,6 +57,63 @@ def resolve_config(name: str, overrides: list[str]) -> tuple[config.Config, plat
     return cfg, hw
 
 
+def check_runnable(cfg: config.Config, world_size: int) -> None:
+    """Refuse, before anything is created or logged, a run this harness cannot honestly make.
+
+    - gradient accumulation: the loop takes one optimizer step per batch, so a log stating
+      gradient_accumulation_steps > 1 would not be what ran;
+    - a run logging `submission_division: closed` must be a closed run (harness.closed_division).
+    """
+    steps = cfg.solver.gradient_accumulation_steps
+    if steps != 1:
+        raise config.ConfigError(
+            f"solver.gradient_accumulation_steps={steps}: the training loop does not accumulate "
+            "gradients (one optimizer step per batch); only 1 is supported"
+        )
+    if cfg.run.division == "closed":
+        problems = closed_division.problems(cfg, world_size)
+        if problems:
+            raise config.ConfigError(
+                "config breaks the MLPerf closed-division rules (fix it, or set run.division=open):"
+                " " + "; ".join(problems)
+            )
+
+
+def clear_page_cache(cfg: config.Config, dist: distributed.DistInfo) -> bool:
+    """Drop every node's page cache when the run wants it (harness.cache.wanted); True when all
+    nodes did. A closed run that could not is refused (training_rules.adoc: "You must flush the
+    cache or restart the system prior to benchmarking")."""
+    if not cache.wanted(cfg.run.division):
+        return False
+    # One process per node drops its node's cache; the collective below makes the others wait.
+    result = cache.drop_page_cache() if dist.local_rank == 0 else cache.CacheClear(True, "")
+    if dist.local_rank == 0:
+        print(f"page cache: {result.how}", file=sys.stderr)
+    flag = torch.tensor(float(result.done), device=dist.device)
+    done = distributed.all_reduce_mean({"cache_clear": flag})["cache_clear"].item() == 1.0
+    if cfg.run.division == "closed" and not done:
+        raise config.ConfigError(
+            "closed-division runs must start from a dropped page cache and this node could not "
+            f"drop it ({result.how}); see harness/cache.py for HARNESS_DROP_CACHES_CMD and "
+            "HARNESS_CACHES_DROPPED"
+        )
+    return done
+
+
+def initialized_modules(model: torch.nn.Module, pretrained_backbone: bool) -> list[str]:
+    """Names of the modules whose weights this run initializes: every module owning parameters,
+    except the backbone body when its weights come from the pretrained file (NVIDIA's logs name
+    these 21 tensors of the R-50 model in `weights_initialization` lines)."""
+    names = []
+    for name, module in model.named_modules():
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if pretrained_backbone and name.startswith("backbone.body."):
+            continue
+        names.append(name)
+    return names
+
+
 def autocast_context(cfg: config.Config, device: torch.device):
     """fp16 on CUDA (with a GradScaler), bf16 on CPU, nothing for fp32."""
     if cfg.run.precision == "fp32":
@@ -73,22 +130,16 @@ def autocast_context(cfg: config.Config, device: torch.device):
 def run_evaluation(model, loader, device, cfg, label_to_category: list[int]) -> list[dict]:
     """Detections of this rank's share of the val set as COCO result dicts (original pixels)."""
     model.eval()
-    predictions, image_ids = [], []
+    # On a GPU, worker processes paste and encode while the model evaluates the next batch; on the
+    # CPU the model already uses every core.
+    workers = default_workers() if device.type == "cuda" else 0
+    encoder = ResultEncoder(label_to_category, cfg.model.roi_heads.mask_threshold, workers=workers)
     for batch in loader:
         batch = batch.to(device)
         with autocast_context(cfg, device):
             detections = model(batch.images, batch.targets)
-        for target, det in zip(batch.targets, detections, strict=True):
-            (h, w), (oh, ow) = target.image_size, target.orig_size
-            boxes = det.boxes * det.boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
-            masks = paste_masks(det.masks, boxes, oh, ow, cfg.model.roi_heads.mask_threshold)
-            predictions.append(
-                {"boxes": boxes, "scores": det.scores, "labels": det.labels, "masks": masks}
-            )
-            image_ids.append(target.image_id)
-    results = evaluate.to_coco_results(
-        predictions, image_ids, label_to_category, backend=cfg.run.eval_backend
-    )
+        encoder.submit(detections, batch.targets)
+    results = encoder.results()
     model.train()
     return results
 
@@ -123,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg, hw = resolve_config(args.config, args.overrides)
     dist = distributed.init_distributed()
     platform.check_matches(cfg, hw, dist.world_size)
-    check_inputs(cfg)  # before the run directory: a mistake leaves nothing behind
+    check_runnable(cfg, dist.world_size)
+    check_inputs(cfg)  # paths only, before the run directory: a mistake leaves nothing behind
+    cache_cleared = clear_page_cache(cfg, dist)
     device = dist.device
 
     run_dir = Path(args.resume) if args.resume else None
@@ -131,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = make_run_dir(cfg.run.output_dir, cfg.run.name, cfg)
     run_dir = Path(distributed.broadcast_object(str(run_dir)))
     mllog = MLPerfLogger(run_dir / "mlperf.log", is_main=dist.is_main)
+    mllog.submission(cfg, cfg.run.platform or hw.platform, cache_cleared)
     mllog.init_start()
 
     seed = distributed.broadcast_seed(cfg.run.seed)
@@ -142,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     normalization = normalization_for(cfg.model)
     model.to(device)
+    mllog.log_hyperparameters(cfg, dist.world_size, seed)
+    mllog.weights_initialization(initialized_modules(model, bool(cfg.model.backbone.weights)))
     train_model = model
     if dist.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -155,14 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         "cuda", enabled=device.type == "cuda" and cfg.run.precision == "amp"
     )
 
-    train_loader = build_train_loader(cfg, normalization, dist.rank, dist.world_size, seed)
-    val_loader = build_val_loader(cfg, normalization, dist.rank, dist.world_size)
-    ann_file = val_annotation_file(cfg)
-    label_to_category = category_ids(ann_file)
-    mllog.log_hyperparameters(
-        cfg, dist.world_size, seed, train_loader.num_samples, val_loader.num_samples, hw.platform
-    )
-
     state = checkpoint.load_latest(run_dir / "checkpoints") if args.resume else None
     iteration, epoch, position = 0, 0, 0
     if state is not None:
@@ -170,9 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         iteration, epoch, position = state["iteration"], state["epoch"], state["sampler_position"]
 
     metrics = MetricsWriter(run_dir, cfg.solver.max_iter, iteration, is_main=dist.is_main)
-    evaluator = (
-        evaluate.AsyncEvaluator(ann_file, cfg.run.eval_backend) if cfg.run.async_eval else None
-    )
     targets = {"BBOX": cfg.run.target_bbox_map, "SEGM": cfg.run.target_segm_map}
     eval_started: dict[int, float] = {}
     stop_signal: list[int] = []
@@ -193,12 +238,24 @@ def main(argv: list[str] | None = None) -> int:
         return acc["BBOX"] >= cfg.run.target_bbox_map and acc["SEGM"] >= cfg.run.target_segm_map
 
     mllog.init_stop()
+    # The clock starts before any part of the system touches the dataset (training_rules.adoc,
+    # "Timing": "The clock must start before any part of the system touches the dataset"): the
+    # loaders, annotation files and the evaluator are built after run_start, as the reference's
+    # tools/train_mlperf.py builds its data loader after RUN_START.
     mllog.run_start()
     status, exit_code = "aborted", EXIT_TARGET_MISSED
-    every = cfg.run.eval_every_epochs
-    last_epoch = last_epoch_of_run(iteration, epoch, position, cfg.solver, len(train_loader))
-    block_first = block_last = 0  # the open block's first and last epochs; 0: none open
+    evaluator = None
     try:
+        train_loader = build_train_loader(cfg, normalization, dist.rank, dist.world_size, seed)
+        val_loader = build_val_loader(cfg, normalization, dist.rank, dist.world_size)
+        ann_file = val_annotation_file(cfg)
+        label_to_category = category_ids(ann_file)
+        mllog.dataset_sizes(train_loader.num_samples, val_loader.num_samples)
+        if cfg.run.async_eval:
+            evaluator = evaluate.AsyncEvaluator(ann_file, cfg.run.eval_backend)
+        every = cfg.run.eval_every_epochs
+        last_epoch = last_epoch_of_run(iteration, epoch, position, cfg.solver, len(train_loader))
+        block_first = block_last = 0  # the open block's first and last epochs; 0: none open
         reached = False
         while (
             not reached
@@ -214,8 +271,15 @@ def main(argv: list[str] | None = None) -> int:
             consumed, position = position, 0
             data_start = time.perf_counter()
             for batch in train_loader:
-                if stop_signal:
-                    raise StopRequested(signal.Signals(stop_signal[0]).name, consumed)
+                # Every rank stops at the same step, even when the signal reached some a step
+                # later: one rank still inside a collective would fail instead of stopping.
+                if distributed.any_rank(bool(stop_signal)):
+                    name = (
+                        signal.Signals(stop_signal[0]).name
+                        if stop_signal
+                        else "a stop on another rank"
+                    )
+                    raise StopRequested(name, consumed)
                 batch = batch.to(device, non_blocking=True)
                 step_start = time.perf_counter()
                 lr = schedule.step(iteration)
@@ -248,15 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                         return exit_code
                 if log_now:
                     step_time = time.perf_counter() - data_start
+                    throughput = batch.images.shape[0] * dist.world_size / step_time
+                    data_time = step_start - data_start
                     metrics.log_iteration(
-                        iteration,
-                        epoch,
-                        values,
-                        lr,
-                        step_time,
-                        step_start - data_start,
-                        batch.images.shape[0] * dist.world_size / step_time,
+                        iteration, epoch, values, lr, step_time, data_time, throughput
                     )
+                    stats = {"time": step_time, "data": data_time, "loss": sum(values.values())}
+                    mllog.tracked_stats(iteration, {**stats, **values, "lr": lr}, throughput)
                 data_start = time.perf_counter()
                 if iteration >= cfg.solver.max_iter:
                     break

@@ -6,6 +6,11 @@
 #   Python is used and its torch is never replaced; the other pins are installed beside it.
 # - Elsewhere a virtual environment .venv is created from requirements.txt (exact pins) and reused while
 #   requirements.txt is unchanged.
+# - HARNESS_VENV=DIR: a checkout run from a vfolder on a stock NGC image, without rebuilding an image.
+#   Inside a container whose python3 has a CUDA-enabled torch, a virtual environment at DIR (put it in
+#   the vfolder too) is created with --system-site-packages, so the image's torch, torchvision and numpy
+#   stay; the other pins are installed into it once and reused by later sessions while
+#   requirements.txt and the image's Python and torch are unchanged (stamp DIR/.harness-stamp).
 # HARNESS_PYTHON=/path/to/python forces a given interpreter (its packages are then the caller's concern).
 # Quiet on success; on failure it names the step and shows the end of .setup.log.
 
@@ -29,11 +34,43 @@ sys.exit(0 if torch.version.cuda and torch.cuda.is_available() else 1)
 PY
 }
 
+_harness_venv() {
+  # The HARNESS_VENV environment: the image's python3 with its torch, plus the other pins.
+  local venv req="$2" stamp want base
+  venv="$(realpath -m "$1")"
+  if ! _harness_container_python; then
+    echo "setup_env: HARNESS_VENV=$venv needs a python3 with a CUDA-enabled torch that sees a GPU" \
+      "(a stock NGC PyTorch image); this container has none" >&2
+    return 1
+  fi
+  if [[ -e "$venv" && ! -f "$venv/pyvenv.cfg" && -n "$(ls -A "$venv" 2>/dev/null)" ]]; then
+    echo "setup_env: HARNESS_VENV=$venv exists and is not a virtual environment; name a new folder" >&2
+    return 1
+  fi
+  PY="$venv/bin/python"
+  stamp="$venv/.harness-stamp"
+  base="$(python3 -c 'import sys, torch; print(sys.executable, sys.version.split()[0], torch.__version__)' 2>>"$_harness_log")" \
+    || { _harness_fail "import torch in the image's python3"; return 1; }
+  want="$(_harness_hash "$req") $base"
+  if [[ ! -x "$PY" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    echo "setup_env: preparing $venv over the image's torch (first run: a few minutes)" >&2
+    python3 -m venv --system-site-packages "$venv" >>"$_harness_log" 2>&1 \
+      || { _harness_fail "create HARNESS_VENV ($venv)"; return 1; }
+    "$PY" "$_harness_root/scripts/container_requirements.py" "$req" >"$venv/container-requirements.txt" \
+      2>>"$_harness_log" || { _harness_fail "derive container requirements"; return 1; }
+    "$PY" -m pip install -q -r "$venv/container-requirements.txt" >>"$_harness_log" 2>&1 \
+      || { _harness_fail "pip install container requirements into $venv"; return 1; }
+    echo "$want" >"$stamp"
+  fi
+}
+
 _harness_setup() {
   : >"$_harness_log"
   local req="$_harness_root/requirements.txt"
   if [[ -n "${HARNESS_PYTHON:-}" ]]; then
     PY="$HARNESS_PYTHON"
+  elif [[ -n "${HARNESS_VENV:-}" ]]; then
+    _harness_venv "$HARNESS_VENV" "$req" || return 1
   elif [[ -x "$_harness_root/.venv/bin/python" ]] || ! _harness_container_python; then
     PY="$_harness_root/.venv/bin/python"
     local stamp="$_harness_root/.venv/.requirements-stamp" want
@@ -53,7 +90,8 @@ _harness_setup() {
       echo "setup_env: using the container's torch; installing the other pins beside it" >&2
       "$PY" "$_harness_root/scripts/container_requirements.py" "$req" >"$_harness_root/.container-requirements.txt" \
         2>>"$_harness_log" || { _harness_fail "derive container requirements"; return 1; }
-      "$PY" -m pip install -q -r "$_harness_root/.container-requirements.txt" >>"$_harness_log" 2>&1 \
+      # Ubuntu 24.04 marks the system Python externally managed (PEP 668); NGC's torch lives there.
+      PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install -q -r "$_harness_root/.container-requirements.txt" >>"$_harness_log" 2>&1 \
         || { _harness_fail "pip install container requirements"; return 1; }
       echo "$want" >"$stamp"
     fi

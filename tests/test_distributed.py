@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from harness import distributed
 from harness.distributed import (
     all_reduce_mean,
+    any_rank,
     barrier,
     broadcast_flag,
     broadcast_seed,
@@ -49,6 +50,9 @@ def _worker(rank: int, port: int) -> None:
         assert 0 <= drawn < 2**63 and drawn != 7
         assert broadcast_flag(rank == 0) is True
         assert broadcast_flag(rank == 1) is False
+        # A stop seen by one rank only stops every rank; nobody's stops nobody.
+        assert any_rank(rank == 1) is True
+        assert any_rank(False) is False
 
         losses = {"loss_mask": torch.tensor(1.0 + rank), "loss_box": torch.tensor([4.0 * rank])}
         reduced = all_reduce_mean(losses)
@@ -83,6 +87,7 @@ def test_single_process_without_torchrun_env(monkeypatch):
     assert not distributed.is_initialized()
     assert broadcast_seed(BIG_SEED) == BIG_SEED
     assert broadcast_flag(True) is True
+    assert any_rank(True) is True and any_rank(False) is False
     loss = torch.tensor(3.0, requires_grad=True)
     reduced = all_reduce_mean({"loss": loss * 2})
     assert reduced["loss"].item() == 6.0 and not reduced["loss"].requires_grad

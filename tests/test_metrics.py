@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 
 import pytest
 
@@ -110,6 +111,7 @@ def test_non_main_rank_is_silent(tmp_path):
     _log_run(writer)
     writer.close()
     assert stream.getvalue() == "" and not (tmp_path / "absent").exists()
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
 
 
 def test_bad_arguments(tmp_path):
@@ -122,3 +124,63 @@ def test_bad_arguments(tmp_path):
         pytest.raises(KeyError, match="SEGM"),
     ):
         writer.log_eval(1, 10, {"BBOX": 0.1}, 1.0)
+
+
+def _scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of the TensorBoard events in run_dir, read as TensorBoard does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_tensorboard_events_carry_the_records(tmp_path):
+    with MetricsWriter(tmp_path, total_iters=100, stream=io.StringIO()) as writer:
+        _log_run(writer)
+    assert list(tmp_path.glob("events.out.tfevents.*")), "no event file beside metrics.jsonl"
+    scalars = _scalars(tmp_path)
+    terms = {f"train/{key}" for key in LOSSES}
+    assert set(scalars) == terms | {
+        "train/loss",
+        "train/lr",
+        "train/img_per_s",
+        "train/step_time",
+        "train/data_time",
+        "eval/box_mAP",
+        "eval/mask_mAP",
+        "eval/time",
+    }
+    for record in read_metrics(tmp_path):
+        if record["type"] == "iter":
+            step = record["iteration"]
+            expected = {"train/loss": record["loss"], "train/lr": record["lr"]}
+            expected["train/img_per_s"] = record["img_per_s"]
+            expected |= {f"train/{k}": v for k, v in record["losses"].items()}
+        else:
+            step = record["iteration"]
+            expected = {"eval/box_mAP": record["BBOX"], "eval/mask_mAP": record["SEGM"]}
+        for tag, value in expected.items():
+            # Events store float32.
+            assert dict(scalars[tag])[step] == pytest.approx(value, rel=1e-6), tag
+    assert [step for step, _ in scalars["train/loss"]] == [10, 20, 30]
+    assert scalars["eval/box_mAP"] == [(30, pytest.approx(0.21))]
+
+
+def test_tensorboard_hides_what_a_resumed_run_repeats(tmp_path):
+    # The first process logged up to iteration 30; the run resumes from a checkpoint at 20.
+    with MetricsWriter(tmp_path, total_iters=100, stream=io.StringIO()) as writer:
+        _log_run(writer)
+    # TensorBoard reads event files in name order, and names start with the creation second: a
+    # resumed process starts later, as here.
+    time.sleep(1.1)
+    with MetricsWriter(tmp_path, total_iters=100, start_iter=20, stream=io.StringIO()) as writer:
+        writer.log_iteration(30, 1, {"loss_mask": 0.25}, 0.01, 0.5, 0.01, 30.0)
+        writer.log_iteration(40, 1, {"loss_mask": 0.2}, 0.01, 0.5, 0.01, 30.0)
+    scalars = _scalars(tmp_path)
+    assert [step for step, _ in scalars["train/loss"]] == [10, 20, 30, 40]
+    assert dict(scalars["train/loss"])[30] == pytest.approx(0.25)
+    # The evaluation at 30 belonged to the abandoned stretch.
+    assert "eval/box_mAP" not in scalars or scalars["eval/box_mAP"] == []

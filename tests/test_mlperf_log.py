@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from harness import config
-from harness.mlperf_log import MLPerfLogger, closed_division_problems
+from harness.mlperf_log import MLPerfLogger
 
 CLOSED_OVERRIDES = ("run.platform=test-host-1xCPU",)
 OPEN_OVERRIDES = (
@@ -29,12 +30,13 @@ def write_run_log(path: Path, overrides: tuple[str, ...], accuracies: list[tuple
     """A fake-but-complete run: one block of one epoch per evaluation, one eval per accuracy."""
     cfg = config.load(None, overrides)
     log = MLPerfLogger(path)
+    log.submission(cfg, cfg.run.platform, cache_cleared=True)
     log.init_start()
-    log.log_hyperparameters(
-        cfg, world_size=1, seed=2**40 + 3, train_samples=117266, eval_samples=5000
-    )
+    log.log_hyperparameters(cfg, world_size=1, seed=2**40 + 3)
+    log.weights_initialization(["rpn.head.conv", "roi_heads.box_head.fc6"])
     log.init_stop()
     log.run_start()
+    log.dataset_sizes(train_samples=117266, eval_samples=5000)
     for epoch, (bbox, segm) in enumerate(accuracies, start=1):
         log.block_start(first_epoch_num=epoch, epoch_count=1)
         log.epoch_start(epoch)
@@ -155,37 +157,14 @@ def test_bad_arguments(tmp_path):
         log.run_stop("done")
     with pytest.raises(KeyError, match="SEGM"):
         log.eval_accuracy({"BBOX": 0.4}, epoch_num=1)
-    with pytest.raises(ValueError, match=r"run\.platform"):
-        log.log_hyperparameters(config.load(), 1, seed=1, train_samples=1, eval_samples=1)
+    with pytest.raises(ValueError, match="platform name is empty"):
+        log.submission(config.load(), "", cache_cleared=False)
+    semi = config.load()
+    semi = replace(semi, run=replace(semi.run, division="semi"))  # what config.load would refuse
+    with pytest.raises(ValueError, match=r"run\.division"):
+        log.submission(semi, "x", cache_cleared=False)
     cfg = config.load(None, ("run.platform=x", "solver.ims_per_batch=6"))
     with pytest.raises(ValueError, match="world_size=4"):
-        log.log_hyperparameters(cfg, 4, seed=1, train_samples=1, eval_samples=1)
+        log.log_hyperparameters(cfg, 4, seed=1)
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         MLPerfLogger(tmp_path / "no_such_dir" / "mlperf.log")
-
-
-def test_closed_rules_checked_before_logging(tmp_path):
-    assert closed_division_problems(config.load()) == []
-    # Tunable in the closed division: batch, LR multiples, candidates in thousands.
-    tuned = (
-        "solver.ims_per_batch=48",
-        "solver.base_lr=0.06",
-        "model.rpn.post_nms_top_n_train=6000",
-    )
-    assert closed_division_problems(config.load(None, tuned)) == []
-    assert (
-        closed_division_problems(
-            config.load(None, ("solver.ims_per_batch=8", "solver.base_lr=0.005"))
-        )
-        == []
-    )
-    problems = closed_division_problems(config.load(None, OPEN_OVERRIDES[2:]))
-    assert [p.split("=")[0] for p in problems] == [
-        "solver.base_lr",
-        "solver.steps",
-        "model.rpn.post_nms_top_n_train",
-        "data.min_size/max_size",
-    ]
-    closed_but_small = config.load(None, ("run.platform=x", "data.min_size=256"))
-    with pytest.raises(ValueError, match=r"data\.min_size/max_size=256/1333"):
-        MLPerfLogger(tmp_path / "mlperf.log").log_hyperparameters(closed_but_small, 1, 1, 1, 1)

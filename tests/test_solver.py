@@ -182,9 +182,10 @@ def test_schedule_sets_each_group_from_its_own_base_rate():
     cfg = dataclasses.replace(NVIDIA_V100, bias_lr_factor=2.0)
     optimizer = build_optimizer(model, cfg, torch.device("cpu"))
     schedule = LRSchedule(optimizer, cfg)
-    assert schedule.step(100) == pytest.approx(0.0096)
+    # step(i) sets the rates of the update after i completed ones: lr_at(i + 1)
+    assert schedule.step(99) == pytest.approx(0.0096)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0096, 0.0696])
-    schedule.step(24000)
+    schedule.step(23999)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.006, 0.012])
 
 
@@ -205,3 +206,48 @@ def test_clip_grad_norm_scales_to_max_norm_and_is_off_at_zero():
     norm = clip_grad_norm(optimizer, 1.0)
     assert norm.item() == pytest.approx(5.0)
     torch.testing.assert_close(model.weight.grad, torch.tensor([[0.6, 0.8]]), atol=1e-5, rtol=0)
+
+
+class _ReferenceWarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
+    """The MLPerf reference's scheduler (mlcommons/training retired_benchmarks/maskrcnn,
+    maskrcnn_benchmark/solver/lr_scheduler.py), written from its formula: an independent oracle."""
+
+    def __init__(self, optimizer, cfg):
+        self.cfg = cfg
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        cfg, it = self.cfg, self.last_epoch
+        factor, delta = 1.0, 0.0
+        if it < cfg.warmup_iters:
+            if cfg.warmup_method == "constant":
+                factor = cfg.warmup_factor
+            elif cfg.warmup_method == "linear":
+                alpha = it / cfg.warmup_iters
+                factor = cfg.warmup_factor * (1 - alpha) + alpha
+            else:
+                delta = (cfg.warmup_iters - it) * cfg.warmup_factor
+        decay = cfg.gamma ** sum(it >= s for s in cfg.steps)
+        return [(base - delta) * factor * decay for base in self.base_lrs]
+
+
+@pytest.mark.parametrize("cfg", [REFERENCE, NVIDIA_V100], ids=["linear", "mlperf_linear"])
+def test_rate_of_each_update_equals_the_reference_trainer(cfg):
+    """The reference's do_train calls scheduler.step() before every optimizer step (its scheduler
+    stepped once at construction): update k (1-based) runs at its last_epoch = k. Ours must match
+    update for update, including the first (mlperf_linear's lr_at(0) = 0 would waste it)."""
+    cfg = dataclasses.replace(cfg, warmup_iters=10, steps=(15, 20))
+    if cfg.warmup_method == "mlperf_linear":
+        cfg = dataclasses.replace(cfg, warmup_factor=cfg.base_lr / cfg.warmup_iters)
+    ours = build_optimizer(nn.Linear(2, 2), cfg, torch.device("cpu"))
+    schedule = LRSchedule(ours, cfg)
+    reference_opt = torch.optim.SGD(
+        [{"params": [nn.Parameter(torch.zeros(1))], "lr": g["base_lr"]} for g in ours.param_groups]
+    )
+    reference = _ReferenceWarmupMultiStepLR(reference_opt, cfg)
+    for completed in range(25):
+        reference.step()  # before the update, as the reference's loop does
+        schedule.step(completed)
+        want = [g["lr"] for g in reference_opt.param_groups]
+        assert [g["lr"] for g in ours.param_groups] == pytest.approx(want, rel=1e-12, abs=1e-15)
+        assert want[0] > 0, "the reference never takes a zero-rate update"

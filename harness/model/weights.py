@@ -48,7 +48,7 @@ class WeightsError(ValueError):
     """A weights file that does not fit the body; the message names the file and the keys."""
 
 
-def _resolve_format(path: str | Path, fmt: str) -> str:
+def resolve_format(path: str | Path, fmt: str) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"model.backbone.weights_format must be one of {FORMATS}, got {fmt!r}")
     if not Path(path).is_file():
@@ -68,7 +68,7 @@ def normalization_for(cfg: ModelConfig) -> Normalization:
     """
     if not cfg.backbone.weights:
         return Normalization.torchvision()
-    fmt = _resolve_format(cfg.backbone.weights, cfg.backbone.weights_format)
+    fmt = resolve_format(cfg.backbone.weights, cfg.backbone.weights_format)
     return Normalization.caffe2() if fmt == "caffe2" else Normalization.torchvision()
 
 
@@ -267,7 +267,7 @@ def load_backbone_weights(body: nn.Module, path: str | Path, fmt: str = "auto") 
     Raises FileNotFoundError for a missing file and WeightsError naming the file and every missing,
     unexpected or wrongly shaped key; nothing is assigned unless everything fits.
     """
-    fmt = _resolve_format(path, fmt)
+    fmt = resolve_format(path, fmt)
     if fmt == "torchvision" and getattr(body, "stride_in_1x1", False):
         raise WeightsError(
             f"{path}: torchvision ResNets stride in the 3x3 conv but this body strides in the 1x1 "
