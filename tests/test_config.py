@@ -85,6 +85,7 @@ MISTAKES = [
     (["model.rpn.anchor_strides=[4,8]"], "model.rpn.anchor_sizes"),
     (["model.rpn.fg_iou_thresh=0.2"], "model.rpn.bg_iou_thresh=0.3 must not exceed"),
     (["run.log_every_iters=0"], "run.log_every_iters must be at least 1, got 0"),
+    (["run.target_segm_map=33.9"], "run.target_segm_map must be in [0, 1], got 33.9"),
     (["solver.steps=[1,"], "override 'solver.steps=[1,': the value is not YAML"),
 ]
 
