@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from benchmarks.conftest import sync
-from harness.config import Config, DataConfig, SolverConfig
+from harness.config import Config, DataConfig, ModelConfig, SolverConfig
 from harness.data import build_train_loader
 from harness.data.batch import Normalization
 from harness.data.synthetic import generate
@@ -38,6 +38,7 @@ def _epoch(loader, device: torch.device) -> int:
 
 def _run(benchmark, root, device: torch.device, loader: str, decode_device: str = "cpu") -> None:
     cfg = Config(
+        model=ModelConfig(num_classes=5),  # the synthetic set's 4 categories + background
         data=DataConfig(
             root=str(root), loader=loader, decode_device=decode_device, num_workers=THREADS
         ),

@@ -1,13 +1,14 @@
 """Loaders from the DALI pipeline to harness batches (train: grouped epochs; val: each image once).
 
 Both pick their images as the PyTorch loader does (harness.data.sampler), so the two loaders read
-the same batches with the same flips; DALI does the pixel work and returns each batch padded.
+the same batches with the same flips; DALI does the pixel work and returns each batch padded. When a
+batch fails to decode, the files in flight are decoded again with the PyTorch loader's reader
+(harness.data.images) to name the culprit: both loaders raise the same CorruptImageError.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from torch import Tensor
 
 from dali_pipeline.pipeline import HostBatch, coco_pipeline
 from harness.data.batch import Batch, Normalization
-from harness.data.coco import CocoDataError, CocoSet
+from harness.data.coco import CocoDataError, CocoSet, CorruptImageError
+from harness.data.images import decode, size_mismatch
 from harness.data.sampler import GroupedEpochs, batches_consumed, shard_range
 from harness.data.transforms import padded_size, record_target, resized_size
 
@@ -48,20 +50,14 @@ def _to_torch(tensor) -> Tensor:
     return torch.from_dlpack(tensor)
 
 
-def _incomplete_jpegs(paths: list[Path]) -> list[str]:
-    """The .jpg files among `paths` that lack the JPEG start marker or an end marker near their end
-    (truncated or not a JPEG); reads 2 bytes + the last 1 KiB of each."""
-    suspects = []
+def _first_corrupt(paths: list[Path]) -> CorruptImageError | None:
+    """The error of the first file among `paths` that does not decode, None when all do."""
     for path in paths:
-        if not path.name.lower().endswith((".jpg", ".jpeg")):
-            continue
-        with open(path, "rb") as f:
-            head = f.read(2)
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 1024))
-            tail = f.read()
-        if head != b"\xff\xd8" or b"\xff\xd9" not in tail:
-            suspects.append(str(path))
-    return suspects
+        try:
+            decode(path)
+        except CorruptImageError as error:
+            return error
+    return None
 
 
 class _HostBatches:
@@ -116,21 +112,28 @@ class _Stream:
         try:
             images, shapes = self.pipe.run()
         except RuntimeError as exc:
-            # DALI names a failing sample only by its index: look for the culprit in flight.
+            # DALI names a failing sample only by its index in a batch: find the culprit in flight.
             files = [self.source.path(i) for keys in self.source.in_flight for i, _ in keys]
-            suspects = _incomplete_jpegs(files)
-            hint = f"; files that are not complete JPEGs: {', '.join(suspects)}" if suspects else ""
+            corrupt = _first_corrupt(files)
+            if corrupt is not None:
+                raise corrupt from None
+            reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
             raise CocoDataError(
-                f"DALI pipeline over {self.coco.image_dir} failed{hint}: {exc}"
-            ) from exc
+                f"DALI pipeline over {self.coco.image_dir} failed: {reason}"
+            ) from None
         keys = self.source.in_flight.popleft()
         targets = []
         for (index, flip), shape in zip(keys, shapes.as_array(), strict=True):
             rec = self.coco.records[index]
-            if (int(shape[0]), int(shape[1])) != (rec.height, rec.width):
+            got = (int(shape[0]), int(shape[1]))
+            if got != (rec.height, rec.width):
                 raise CocoDataError(
-                    f"image {self.source.path(index)} is {shape[1]}x{shape[0]} (WxH) "
-                    f"but {self.coco.annotation_file} says {rec.width}x{rec.height}"
+                    size_mismatch(
+                        self.source.path(index),
+                        got,
+                        (rec.height, rec.width),
+                        self.coco.annotation_file,
+                    )
                 )
             targets.append(record_target(rec, self.label_of, self.source.size(index), flip))
         return Batch(_to_torch(images.as_tensor()), targets)

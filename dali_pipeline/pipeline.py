@@ -61,10 +61,14 @@ def coco_pipeline(
             batch=True,
             dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32],
         )
-        shapes = fn.peek_image_shape(files)
+        # COCO annotations refer to the stored pixels: never rotate by EXIF orientation (DALI's
+        # default does, the PyTorch loader and the reference's PIL reader do not).
+        shapes = fn.peek_image_shape(files, adjust_orientation=False)
         # Decode to RGB and convert: the CPU decoder's own BGR output costs ~2.5 ms more per
         # 640x480 image than the conversion op (measured, DALI 2.4).
-        images = fn.decoders.image(files, device=decode_device, output_type=types.RGB)
+        images = fn.decoders.image(
+            files, device=decode_device, output_type=types.RGB, adjust_orientation=False
+        )
         if norm.bgr255:
             images = fn.color_space_conversion(images, image_type=types.RGB, output_type=types.BGR)
         images = fn.resize(images, size=sizes, antialias=True)

@@ -27,7 +27,13 @@ from harness import (
     platform,
     resume,
 )
-from harness.data import build_train_loader, build_val_loader, category_ids, val_annotation_file
+from harness.data import (
+    build_train_loader,
+    build_val_loader,
+    category_ids,
+    check_inputs,
+    val_annotation_file,
+)
 from harness.metrics import MetricsWriter, evaluated, write_plots
 from harness.mlperf_log import MLPerfLogError, MLPerfLogger, continue_log
 from harness.model import build_model
@@ -152,11 +158,7 @@ def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 def autocast_dtype(cfg: config.Config, device: torch.device) -> torch.dtype | None:
     """run.precision on `device`: None for fp32; amp is fp16 on CUDA (with a GradScaler) and bf16
     on the CPU; auto is fp16 on CUDA, bf16 on a CPU with native bf16 and fp32 on other CPUs."""
-    precision = cfg.run.precision
-    if precision not in ("amp", "auto", "fp32"):
-        raise config.ConfigError(
-            f"run.precision must be 'amp', 'auto' or 'fp32', got {precision!r}"
-        )
+    precision = cfg.run.precision  # one of them: config.load validates the choice
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     dist = distributed.init_distributed()
     platform.check_matches(cfg, hw, dist.world_size)
     check_runnable(cfg, dist.world_size)
+    check_inputs(cfg)  # paths only, before the run directory: a mistake leaves nothing behind
     cache_cleared = clear_page_cache(cfg, dist)
     device = dist.device
     # The run's config.yaml records the seed actually used: a resumed run takes it from there.

@@ -12,6 +12,7 @@
 # Environment (for mirrors and offline tests):
 #   COCO_MIRROR    base URL with zips/ and annotations/ below it (default http://images.cocodataset.org)
 #   COCO_MD5_FILE  md5sum-format list "<md5>  <archive name>" replacing the official hashes
+#                  (scripts/dataset_hashes.sh holds them and the parser verify_dataset.sh shares)
 #   R50_URL        URL of R-50.pkl (default: Detectron's ImageNetPretrained/MSRA path)
 #   SKIP_R50=1     do not fetch R-50.pkl
 set -euo pipefail
@@ -23,19 +24,8 @@ mirror="${COCO_MIRROR:-http://images.cocodataset.org}"
 r50_url="${R50_URL:-https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/MSRA/R-50.pkl}"
 downloads="$datadir/downloads"
 coco="$datadir/coco"
+source "$(dirname "${BASH_SOURCE[0]}")/dataset_hashes.sh"
 mkdir -p "$downloads" "$coco"
-
-declare -A md5=(
-  [annotations_trainval2017.zip]=f4bbac642086de4f52a3fdda2de5fa2c
-  [train2017.zip]=cced6f7f71b7629ddf16f17bbcfab6b2
-  [val2017.zip]=442b8da7639aecaf257c1dceb8ba8c80
-)
-if [[ -n "${COCO_MD5_FILE:-}" ]]; then
-  [[ -f "$COCO_MD5_FILE" ]] || { echo "COCO_MD5_FILE not found: $COCO_MD5_FILE" >&2; exit 2; }
-  while read -r sum name; do
-    [[ -n "$sum" ]] && md5[$name]="$sum"
-  done < "$COCO_MD5_FILE"
-fi
 declare -A remote=(
   [annotations_trainval2017.zip]="$mirror/annotations/annotations_trainval2017.zip"
   [train2017.zip]="$mirror/zips/train2017.zip"

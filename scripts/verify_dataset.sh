@@ -1,37 +1,36 @@
 #!/usr/bin/env bash
-# Verify what scripts/download_dataset.sh produced in DATADIR: the archives' md5 (where they are
-# present), the extracted tree (image counts, annotation files that parse and list as many images) and
-# R-50.pkl. Prints PASSED, FAILED or SKIPPED per item; exits 1 when anything FAILED.
+# Verify what scripts/download_dataset.sh produced in DATADIR before any run: the archives' md5
+# (where they are present), the extracted tree (image counts, annotation files that parse and list as
+# many images, every image decoding at its annotated size with the loaders' own reader) and R-50.pkl
+# (a Caffe2 pickle holding every ResNet-50 blob with the right shape; its sha256 when R50_SHA256 is
+# given: no official digest of it is published). Prints PASSED, FAILED or SKIPPED per item; exits 1
+# when anything FAILED. The md5 of an archive proves the download, not the extracted files: a file
+# damaged since (a full disk, a bad copy) shows only in the decode check.
 #
 # Environment (for tests and other datasets):
-#   COCO_MD5_FILE        md5sum-format list "<md5>  <archive name>" replacing the official hashes
+#   COCO_MD5_FILE        md5sum-format list replacing the official hashes (scripts/dataset_hashes.sh)
 #   EXPECT_TRAIN_IMAGES  expected train2017 images (default 118287)
 #   EXPECT_VAL_IMAGES    expected val2017 images (default 5000)
+#   R50_SHA256           expected sha256 of R-50.pkl (default: none, the structure is checked)
 #   SKIP_R50=1           do not check R-50.pkl
-#   PYTHON               interpreter used to parse the JSON (default python3)
+#   PYTHON               interpreter with the harness's packages (default: the repository's .venv,
+#                        else python3)
 set -uo pipefail
 
 [[ $# -eq 1 ]] || { echo "usage: $0 DATADIR" >&2; exit 2; }
 datadir="$1"
-python="${PYTHON:-python3}"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo/scripts/dataset_hashes.sh"
+python="${PYTHON:-}"
+if [[ -z "$python" ]]; then
+  if [[ -x "$repo/.venv/bin/python" ]]; then python="$repo/.venv/bin/python"; else python=python3; fi
+fi
 failed=0
 report() {  # report STATUS ITEM [DETAIL]
   echo "$1  $2${3:+ ($3)}"
   [[ "$1" == FAILED ]] && failed=1
   return 0
 }
-
-declare -A md5=(
-  [annotations_trainval2017.zip]=f4bbac642086de4f52a3fdda2de5fa2c
-  [train2017.zip]=cced6f7f71b7629ddf16f17bbcfab6b2
-  [val2017.zip]=442b8da7639aecaf257c1dceb8ba8c80
-)
-if [[ -n "${COCO_MD5_FILE:-}" ]]; then
-  [[ -f "$COCO_MD5_FILE" ]] || { echo "COCO_MD5_FILE not found: $COCO_MD5_FILE" >&2; exit 2; }
-  while read -r sum name; do
-    [[ -n "$sum" ]] && md5[$name]="$sum"
-  done < "$COCO_MD5_FILE"
-fi
 
 for name in annotations_trainval2017.zip train2017.zip val2017.zip; do
   archive="$datadir/downloads/$name"
@@ -86,13 +85,16 @@ PY
   fi
 done
 
-if [[ "${SKIP_R50:-0}" != 1 ]]; then
-  if [[ -s "$datadir/R-50.pkl" ]]; then
-    report PASSED "R-50.pkl" "$(stat -c %s "$datadir/R-50.pkl") bytes"
-  else
-    report FAILED "R-50.pkl" "missing or empty"
-  fi
-fi
+# Every image decoded, and R-50.pkl read, by the harness's own code (one process: torch loads once).
+weights=()
+[[ "${SKIP_R50:-0}" == 1 ]] || weights=(--weights "$datadir/R-50.pkl" --sha256 "${R50_SHA256:-}")
+PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$python" -m harness.data.verify "$datadir" \
+  "${weights[@]}"
+case $? in
+  0) ;;
+  1) failed=1 ;;
+  *) report FAILED "decode and weights checks" "$python -m harness.data.verify failed; see above" ;;
+esac
 
 if [[ $failed -ne 0 ]]; then
   echo "verify_dataset: FAILED"

@@ -64,7 +64,7 @@ def test_the_closed_configs_are_closed(r50_pkl):
 
 # One case per group of hyperparameters the rules fix to the reference, and per tunable rule.
 DEVIATIONS = [
-    ("model.backbone.depth=101", "model.backbone.depth=101"),
+    ("model.backbone.depth=34", "model.backbone.depth=34"),
     ("model.backbone.norm=gn", "model.backbone.norm='gn'"),
     ("model.backbone.freeze_at=0", "model.backbone.freeze_at=0"),
     ("model.fpn.out_channels=128", "model.fpn.out_channels=128"),
@@ -87,7 +87,7 @@ DEVIATIONS = [
     ("solver.weight_decay=0.0002", "solver.weight_decay=0.0002"),
     ("solver.bias_lr_factor=1", "solver.bias_lr_factor=1.0"),
     ("solver.gamma=0.2", "solver.gamma=0.2"),
-    ("solver.base_lr=0.05", "solver.base_lr=0.05"),
+    ("solver.base_lr=0.07", "solver.base_lr=0.07"),  # above 625 * 0.000096: warmup starts >= 0
     ("solver.steps=[24000,30000]", "solver.steps=[24000, 30000]"),
     ("solver.steps=[24000]", "solver.steps=[24000]"),
     ("model.rpn.post_nms_top_n_train=4000", "model.rpn.post_nms_top_n_train=4000"),
@@ -111,6 +111,7 @@ def test_tunables_within_the_rules_are_accepted(r50_pkl):
             (
                 "solver.ims_per_batch=16",
                 "solver.base_lr=0.02",
+                "solver.warmup_factor=0.000032",  # 0.02 / 625: mlperf_linear warmup from 0
                 "solver.steps=[60000,80000]",
                 "model.rpn.post_nms_top_n_train=2000",
             ),
@@ -120,6 +121,7 @@ def test_tunables_within_the_rules_are_accepted(r50_pkl):
             (
                 "solver.ims_per_batch=8",
                 "solver.base_lr=0.01",
+                "solver.warmup_factor=0.000016",
                 "solver.steps=[120000,160000]",
                 "model.rpn.post_nms_top_n_train=8000",
             ),

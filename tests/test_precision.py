@@ -35,6 +35,6 @@ def test_auto_is_fp16_on_cuda_and_bf16_only_on_native_cpus(monkeypatch, native):
     assert train.autocast_dtype(precision("fp32"), CUDA) is None
 
 
-def test_unknown_precision_is_named():
-    with pytest.raises(config.ConfigError, match=r"run\.precision must be .* got 'bf16'"):
-        train.autocast_dtype(precision("bf16"), CPU)
+def test_unknown_precision_is_refused_at_load():
+    with pytest.raises(config.ConfigError, match=r"run\.precision.*'bf16'"):
+        config.load(None, ("run.precision=bf16",))

@@ -1,9 +1,10 @@
 """Data loading: from a COCO-layout directory to `harness.data.batch.Batch`es.
 
-The trainer calls build_train_loader, build_val_loader, val_annotation_file and category_ids. The
-loader is DALI (dali_pipeline) or the plain PyTorch one (harness.data.loader), picked by
-cfg.data.loader; both apply the same transforms (harness.data.transforms) and the same annotation
-filtering (harness.data.coco) and differ only in how pixels are decoded and resized.
+The trainer calls check_inputs before it creates anything, then build_train_loader,
+build_val_loader, val_annotation_file and category_ids. The loader is DALI (dali_pipeline) or the
+plain PyTorch one (harness.data.loader), picked by cfg.data.loader; both apply the same transforms
+(harness.data.transforms) and the same annotation filtering (harness.data.coco) and differ only in
+how pixels are decoded and resized.
 
 torch, torchvision and DALI are imported when a loader is built, not with the package, so that
 `python -m harness.data.synthetic` starts in a fraction of the time.
@@ -16,8 +17,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from harness.config import Config, DataConfig
-from harness.data.coco import CocoDataError, category_ids, load_coco
+from harness.config import Config, ConfigError, DataConfig
+from harness.data.coco import (
+    CocoDataError,
+    CorruptImageError,
+    category_ids,
+    check_num_classes,
+    load_coco,
+)
 from harness.data.sampler import iterations_per_epoch
 
 if TYPE_CHECKING:
@@ -26,10 +33,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CocoDataError",
+    "CorruptImageError",
     "TrainLoader",
     "build_train_loader",
     "build_val_loader",
     "category_ids",
+    "check_inputs",
     "resolve_loader",
     "val_annotation_file",
 ]
@@ -50,8 +59,6 @@ class TrainLoader(Protocol):
 
 def resolve_loader(data: DataConfig) -> str:
     """The loader to use for cfg.data.loader: "dali" or "pytorch" ("auto": DALI when importable)."""
-    if data.loader not in ("auto", "dali", "pytorch"):
-        raise ValueError(f"data.loader must be auto, dali or pytorch, got {data.loader!r}")
     if data.loader == "auto":
         return "dali" if importlib.util.find_spec("nvidia.dali") is not None else "pytorch"
     return data.loader
@@ -60,10 +67,6 @@ def resolve_loader(data: DataConfig) -> str:
 def _dali_settings(data: DataConfig, norm: Normalization) -> DaliSettings:
     import torch
 
-    if data.decode_device not in ("auto", "mixed", "cpu"):
-        raise ValueError(
-            f"data.decode_device must be auto, mixed or cpu, got {data.decode_device!r}"
-        )
     device = data.decode_device
     if device == "auto":
         device = "mixed" if torch.cuda.is_available() else "cpu"
@@ -83,14 +86,28 @@ def _dali_settings(data: DataConfig, norm: Normalization) -> DaliSettings:
     )
 
 
-def _check(cfg: Config, world_size: int) -> int:
+def check_inputs(cfg: Config) -> None:
+    """What the run will read, checked before anything is created: the COCO layout under
+    cfg.data.root (directories and annotation files exist) and the backbone weights file. Nothing
+    is read from the dataset: the MLPerf clock must start before any part of the system touches it
+    (training_rules.adoc, "Timing"), so the categories are compared with model.num_classes when the
+    loaders are built. Raises ConfigError naming the key and the path."""
     data = cfg.data
-    if not 0.0 <= data.flip_prob <= 1.0:
-        raise ValueError(f"data.flip_prob must be in [0, 1], got {data.flip_prob}")
-    if data.min_size < 1 or data.max_size < data.min_size:
-        raise ValueError(
-            f"need 1 <= data.min_size <= data.max_size, got {data.min_size}, {data.max_size}"
-        )
+    root = Path(data.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root: dataset directory not found: {root}")
+    for split in (data.train_split, data.val_split):
+        if not (root / split).is_dir():
+            raise ConfigError(f"data.root: image directory not found: {root / split}")
+        ann = root / "annotations" / f"instances_{split}.json"
+        if not ann.is_file():
+            raise ConfigError(f"data.root: annotation file not found: {ann}")
+    weights = cfg.model.backbone.weights
+    if weights and not Path(weights).is_file():
+        raise ConfigError(f"model.backbone.weights: file not found: {weights}")
+
+
+def _check(cfg: Config, world_size: int) -> int:
     per_rank = cfg.solver.ims_per_batch // world_size
     if per_rank < 1 or cfg.solver.ims_per_batch % world_size:
         raise ValueError(
@@ -108,6 +125,7 @@ def build_train_loader(
     per_rank = _check(cfg, world_size)
     data = cfg.data
     coco = load_coco(data.root, data.train_split, keep_empty_images=False)
+    check_num_classes(coco, cfg.model.num_classes)
     if (
         iterations_per_epoch(len(coco.records), world_size, per_rank, data.aspect_ratio_grouping)
         < 1
@@ -146,9 +164,8 @@ def build_val_loader(
     partition the val images, in image id order, so each image is read exactly once."""
     _check(cfg, world_size)
     data = cfg.data
-    if data.val_ims_per_batch < 1:
-        raise ValueError(f"data.val_ims_per_batch must be >= 1, got {data.val_ims_per_batch}")
     coco = load_coco(data.root, data.val_split, keep_empty_images=True)
+    check_num_classes(coco, cfg.model.num_classes)
     if resolve_loader(data) == "dali":
         from dali_pipeline.loader import DaliValLoader
 

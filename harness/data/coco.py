@@ -11,7 +11,9 @@ What is dropped, counted in `CocoSet.skipped` and logged (never an error):
 - in training only, images left with no object (the reference's `remove_images_without_annotations`).
 What is an error (CocoDataError naming the file and the annotation): a missing file or directory,
 unparsable JSON, missing top-level keys, an annotation whose image or category is not listed, a listed
-image whose file is missing.
+image whose file is missing, an image listed twice (the same id, or the same file under two ids: the
+MLPerf rules want each datum exactly once per epoch), a bbox that is not four finite numbers.
+`check_num_classes` compares the categories with the model's classes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ log = logging.getLogger(__name__)
 
 class CocoDataError(ValueError):
     """A COCO directory or annotation file that cannot be used as it is."""
+
+
+class CorruptImageError(CocoDataError):
+    """An image file that does not decode (truncated, empty, not an image). `path` names it; the
+    message is one line. The training loop can catch it to stop cleanly: the MLPerf rules forbid
+    changing the training set, so a corrupt image is never skipped."""
+
+    def __init__(self, path: str | Path, reason: str = "does not decode") -> None:
+        self.path, self.reason = str(path), " ".join(reason.split())
+        super().__init__(f"corrupt image {self.path}: {self.reason}")
+
+    def __reduce__(self):  # picklable with its fields (DataLoader workers, DDP)
+        return type(self), (self.path, self.reason)
 
 
 @dataclass
@@ -95,10 +110,21 @@ def _clean_polygons(segmentation: object) -> list[np.ndarray] | None:
     ]
 
 
-def _clipped_box(bbox: object, width: int, height: int) -> np.ndarray | None:
-    """(x1, y1, x2, y2) with the +1 convention clipped to the image, None when empty or malformed."""
-    if not isinstance(bbox, list) or len(bbox) != 4:
-        return None
+def check_num_classes(coco: CocoSet, num_classes: int) -> None:
+    """Raise CocoDataError unless the dataset has num_classes - 1 categories (+ background)."""
+    if len(coco.category_ids) + 1 != num_classes:
+        raise CocoDataError(
+            f"{coco.annotation_file}: {len(coco.category_ids)} categories + background = "
+            f"{len(coco.category_ids) + 1} classes, but model.num_classes={num_classes}"
+        )
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _clipped_box(bbox: list, width: int, height: int) -> np.ndarray | None:
+    """(x1, y1, x2, y2) with the +1 convention clipped to the image, None when empty."""
     x, y, w, h = (float(v) for v in bbox)
     box = np.array([x, y, x + w - 1, y + h - 1], dtype=np.float32)
     box[0::2] = box[0::2].clip(0, width - 1)
@@ -127,6 +153,7 @@ def load_coco(root: str | Path, split: str, *, keep_empty_images: bool) -> CocoS
     on_disk = set(os.listdir(image_dir))
 
     images: dict[int, dict] = {}
+    id_of_file: dict[str, int] = {}
     for img in doc["images"]:
         try:
             image_id, name = int(img["id"]), str(img["file_name"])
@@ -135,6 +162,14 @@ def load_coco(root: str | Path, split: str, *, keep_empty_images: bool) -> CocoS
             raise CocoDataError(f"{ann_file}: malformed image entry {img!r} ({exc})") from exc
         if name not in on_disk:
             raise CocoDataError(f"{ann_file}: image {image_id} file not found: {image_dir / name}")
+        if image_id in images:
+            raise CocoDataError(f"{ann_file}: image id {image_id} is listed twice")
+        if name in id_of_file:
+            raise CocoDataError(
+                f"{ann_file}: file {name} is listed twice, as images {id_of_file[name]} and "
+                f"{image_id}"
+            )
+        id_of_file[name] = image_id
         images[image_id] = {"file_name": name, "height": height, "width": width, "anns": []}
 
     skipped: Counter = Counter()
@@ -164,9 +199,15 @@ def load_coco(root: str | Path, split: str, *, keep_empty_images: bool) -> CocoS
         if not polys:
             skipped["objects with no valid polygon"] += 1
             continue
-        box = _clipped_box(ann.get("bbox"), image["width"], image["height"])
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            raise CocoDataError(
+                f"{ann_file}: annotation {ann_id} (image {ann['image_id']}): bbox must be four "
+                f"finite numbers [x, y, w, h], got {bbox!r:.80}"
+            )
+        box = _clipped_box(bbox, image["width"], image["height"])
         if box is None:
-            skipped["objects with an empty or malformed box"] += 1
+            skipped["objects with an empty box"] += 1
             continue
         image["anns"].append((int(ann_id), box, int(ann["category_id"]), polys))
 

@@ -2,22 +2,24 @@
 
 For machines without DALI and as the benchmark baseline. Flip decisions are drawn in the main process
 (harness.data.sampler) and travel with the index, so batches do not depend on the number of workers.
+A file that does not decode, or not to its annotated size, travels from the worker as the error
+itself and is raised in the main process (DataLoader would re-raise it as a multi-line message).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-import torchvision.io
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from harness.data.batch import Batch, ImageTarget, Normalization
 from harness.data.coco import CocoDataError, CocoRecord, CocoSet
+from harness.data.images import decode, size_mismatch
 from harness.data.sampler import (
     GroupedEpochs,
     batches_consumed,
@@ -39,29 +41,27 @@ class CocoImages(Dataset):
         return len(self.coco.records)
 
     def read_image(self, rec: CocoRecord) -> Tensor:
-        """uint8 [3, H, W] RGB; raises CocoDataError naming the file when it does not decode to the
-        size the annotation file states."""
+        """uint8 [3, H, W] RGB as stored; raises CorruptImageError naming the file when it does not
+        decode, CocoDataError when it is not the size the annotation file states."""
         path = self.coco.image_dir / rec.file_name
-        try:
-            image = torchvision.io.decode_image(
-                torchvision.io.read_file(str(path)), mode=torchvision.io.ImageReadMode.RGB
-            )
-        except RuntimeError as exc:
-            raise CocoDataError(
-                f"cannot decode image {path} (image id {rec.image_id}): {exc}"
-            ) from exc
+        image = decode(path)
         if tuple(image.shape[1:]) != (rec.height, rec.width):
             raise CocoDataError(
-                f"image {path} is {image.shape[2]}x{image.shape[1]} (WxH) but "
-                f"{self.coco.annotation_file} says {rec.width}x{rec.height}"
+                size_mismatch(
+                    path, tuple(image.shape[1:]), (rec.height, rec.width), self.coco.annotation_file
+                )
             )
         return image
 
-    def __getitem__(self, key: tuple[int, bool]) -> tuple[Tensor, ImageTarget]:
+    def __getitem__(self, key: tuple[int, bool]) -> tuple[Tensor, ImageTarget] | CocoDataError:
         index, flip = key
         rec = self.coco.records[index]
+        try:
+            image = self.read_image(rec)
+        except CocoDataError as error:
+            return error
         size = resized_size(rec.height, rec.width, self.min_size, self.max_size)
-        image = TF.resize(self.read_image(rec), list(size), antialias=True)
+        image = TF.resize(image, list(size), antialias=True)
         if flip:
             image = image.flip(-1)
         return normalize(image, self.norm), record_target(rec, self.label_of, size, flip)
@@ -71,10 +71,21 @@ class _Collate:
     def __init__(self, size_divisibility: int) -> None:
         self.size_divisibility = size_divisibility
 
-    def __call__(self, samples: list[tuple[Tensor, ImageTarget]]) -> Batch:
+    def __call__(self, samples: list[tuple[Tensor, ImageTarget] | CocoDataError]) -> Batch:
+        for sample in samples:
+            if isinstance(sample, CocoDataError):
+                return sample
         return Batch(
             pad_batch([s[0] for s in samples], self.size_divisibility), [s[1] for s in samples]
         )
+
+
+def _raise_errors(batches: Iterable[Batch | CocoDataError]) -> Iterator[Batch]:
+    """The batches, raising the first data error a worker sent instead of a batch."""
+    for batch in batches:
+        if isinstance(batch, CocoDataError):
+            raise batch
+        yield batch
 
 
 class _EpochBatches:
@@ -136,7 +147,7 @@ class TorchTrainLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         self.sampler.batches = self.epochs.batches(self.epoch)[self.skip :]
-        yield from self.loader
+        yield from _raise_errors(self.loader)
         self.epoch, self.skip = self.epoch + 1, 0
 
 
@@ -169,4 +180,4 @@ class TorchValLoader:
         return self.num_batches
 
     def __iter__(self) -> Iterator[Batch]:
-        return iter(self.loader)
+        return _raise_errors(self.loader)

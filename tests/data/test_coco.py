@@ -116,7 +116,7 @@ def test_short_polygons_zero_area_boxes_and_crowds_are_counted_skips(tmp_path, t
     coco = load_coco(root, SPLIT, keep_empty_images=True)
     assert coco.skipped["polygons with fewer than 3 points"] == 3
     assert coco.skipped["objects with no valid polygon"] == 2
-    assert coco.skipped["objects with an empty or malformed box"] == 1
+    assert coco.skipped["objects with an empty box"] == 1
     assert coco.skipped["crowd annotations"] == 1
     kept = {a for r in coco.records for a in r.annotation_ids}
     ids = [a["id"] for a in doc["annotations"]]
@@ -124,3 +124,51 @@ def test_short_polygons_zero_area_boxes_and_crowds_are_counted_skips(tmp_path, t
     assert len(kept) == len(ids) - 4
     first = next(r for r in coco.records if ids[0] in r.annotation_ids)
     assert all(len(p) >= 6 for polys in first.polygons for p in polys)
+
+
+@pytest.mark.parametrize("how", ["same id", "same file"])
+def test_an_image_listed_twice_is_refused(tmp_path, tiny_coco, how):
+    def edit(doc):
+        again = dict(doc["images"][3])
+        if how == "same file":
+            again["id"] = 777777
+        doc["images"].append(again)
+
+    root = _copy(tiny_coco, tmp_path / "c", edit)
+    image = json.loads((tiny_coco / "annotations" / f"instances_{SPLIT}.json").read_text())[
+        "images"
+    ][3]
+    expected = (
+        f"image id {image['id']} is listed twice"
+        if how == "same id"
+        else f"file {image['file_name']} is listed twice, as images {image['id']} and 777777"
+    )
+    with pytest.raises(CocoDataError, match=expected):
+        load_coco(root, SPLIT, keep_empty_images=True)
+
+
+@pytest.mark.parametrize(
+    "bbox", [[1, 2, "ten", 4], [1, 2, None, 4], [1, 2, 3], "1 2 3 4", [1, 2, True, 4]]
+)
+def test_a_bbox_that_is_not_four_numbers_names_the_annotation(tmp_path, tiny_coco, bbox):
+    def edit(doc):
+        doc["annotations"][1]["bbox"] = bbox
+
+    root = _copy(tiny_coco, tmp_path / "c", edit)
+    ann = json.loads((tiny_coco / "annotations" / f"instances_{SPLIT}.json").read_text())[
+        "annotations"
+    ][1]
+    with pytest.raises(
+        CocoDataError, match=f"annotation {ann['id']} \\(image {ann['image_id']}\\): bbox must be"
+    ):
+        load_coco(root, SPLIT, keep_empty_images=True)
+
+
+def test_a_non_finite_bbox_value_names_the_annotation(tmp_path, tiny_coco):
+    root = _copy(tiny_coco, tmp_path / "c")
+    path = root / "annotations" / f"instances_{SPLIT}.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"][0]["bbox"][1] = float("nan")
+    path.write_text(json.dumps(doc))  # json writes NaN, and json.load reads it back
+    with pytest.raises(CocoDataError, match=f"annotation {doc['annotations'][0]['id']} "):
+        load_coco(root, SPLIT, keep_empty_images=True)

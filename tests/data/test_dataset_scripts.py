@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import zipfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.data.verify import check_weights
 from tests.data.conftest import TRAIN, VAL
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -35,12 +37,12 @@ def _md5(path: Path) -> str:
 
 
 @pytest.fixture
-def mirror(tmp_path, tiny_coco) -> tuple[Path, dict]:
+def mirror(tmp_path, tiny_coco, fake_r50) -> tuple[Path, dict]:
     """A mirror laid out like images.cocodataset.org, its md5 list and the scripts' environment."""
     root = tmp_path / "mirror"
     for name, (sub, dirs) in ARCHIVES.items():
         _zip(tiny_coco, dirs, root / sub / name)
-    (root / "R-50.pkl").write_bytes(b"not really a pickle")
+    shutil.copy(fake_r50, root / "R-50.pkl")
     md5_file = tmp_path / "md5.txt"
     md5_file.write_text(
         "".join(f"{_md5(root / sub / name)}  {name}\n" for name, (sub, _) in ARCHIVES.items())
@@ -65,6 +67,10 @@ def _run(script: str, datadir: Path, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+def _lines(result: subprocess.CompletedProcess, prefix: str) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith(prefix)]
+
+
 def test_download_then_verify_passes_and_second_run_downloads_nothing(tmp_path, mirror):
     root, env = mirror
     data = tmp_path / "data"
@@ -74,7 +80,7 @@ def test_download_then_verify_passes_and_second_run_downloads_nothing(tmp_path, 
     assert len(list((data / "coco/val2017").glob("*.jpg"))) == VAL
     for split in ("train2017", "val2017"):
         json.loads((data / f"coco/annotations/instances_{split}.json").read_text())
-    assert (data / "R-50.pkl").read_bytes() == b"not really a pickle"
+    assert (data / "R-50.pkl").read_bytes() == (root / "R-50.pkl").read_bytes()
 
     shutil.rmtree(root)  # a second run that tried to download anything would now fail
     second = _run("download_dataset.sh", data, env)
@@ -82,9 +88,15 @@ def test_download_then_verify_passes_and_second_run_downloads_nothing(tmp_path, 
     assert "downloading" not in second.stdout
     assert second.stdout.count("already extracted") == 3
 
-    verify = _run("verify_dataset.sh", data, env)
+    digest = hashlib.sha256((data / "R-50.pkl").read_bytes()).hexdigest()
+    verify = _run("verify_dataset.sh", data, env | {"R50_SHA256": digest})
     assert verify.returncode == 0, verify.stdout
     assert verify.stdout.count("PASSED  md5") == 3
+    assert f"PASSED  decode train2017 ({TRAIN} images decode at their annotated sizes)" in (
+        verify.stdout
+    )
+    [weights] = _lines(verify, "PASSED  R-50.pkl")
+    assert "every ResNet-50 blob present; sha256 matches" in weights
     assert "FAILED" not in verify.stdout and verify.stdout.rstrip().endswith("PASSED")
 
 
@@ -143,3 +155,67 @@ def test_verify_fails_on_the_official_counts_and_a_missing_tree(tmp_path):
     assert result.returncode == 1
     assert "FAILED  images train2017" in result.stdout
     assert "SKIPPED  md5 train2017.zip (not present)" in result.stdout
+
+
+def test_verify_fails_on_corrupt_images_and_weights_whose_archives_pass(tmp_path, mirror):
+    _, env = mirror
+    data = tmp_path / "data"
+    assert _run("download_dataset.sh", data, env).returncode == 0
+    truncated = sorted((data / "coco/train2017").glob("*.jpg"))[3]
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    empty = sorted((data / "coco/val2017").glob("*.jpg"))[5]
+    empty.write_bytes(b"")
+    (data / "R-50.pkl").write_bytes(b"123456789")  # 9 bytes passed the old non-empty check
+    result = _run("verify_dataset.sh", data, env)
+    assert result.returncode == 1
+    assert result.stdout.count("PASSED  md5") == 3  # the downloads were fine
+    [line] = _lines(result, "FAILED  decode train2017")
+    assert f"1 of {TRAIN} images are bad: corrupt image {truncated}: " in line
+    [line] = _lines(result, "FAILED  decode val2017")
+    assert f"1 of {VAL} images are bad: corrupt image {empty}: " in line
+    [line] = _lines(result, "FAILED  R-50.pkl")
+    assert "not a Caffe2 weights pickle" in line
+
+
+def test_weights_check_names_a_missing_blob_and_compares_the_digest(tmp_path, fake_r50):
+    digest = hashlib.sha256(fake_r50.read_bytes()).hexdigest()
+    passed, detail = check_weights(fake_r50)
+    assert passed and f"sha256 {digest} (no digest to compare)" in detail
+    assert check_weights(fake_r50, digest.upper()) == (
+        True,
+        detail.replace(f"sha256 {digest} (no digest to compare)", "sha256 matches"),
+    )
+    assert check_weights(fake_r50, "0" * 64) == (False, f"sha256 expected {'0' * 64}, got {digest}")
+    blobs = pickle.loads(fake_r50.read_bytes(), encoding="latin1")["blobs"]
+    del blobs["res4_5_branch2c_w"]
+    cut = tmp_path / "R-50.pkl"
+    cut.write_bytes(pickle.dumps({"blobs": blobs}, protocol=2))
+    passed, detail = check_weights(cut)
+    assert not passed and "missing keys (1): res4_5_branch2c_w" in detail
+
+
+@pytest.mark.parametrize("script", ["download_dataset.sh", "verify_dataset.sh"])
+def test_both_scripts_read_the_hash_list_with_one_parser(tmp_path, mirror, script):
+    _, env = mirror
+    env |= {"SKIP_R50": "1"}
+    data = tmp_path / "data"
+    assert _run("download_dataset.sh", data, env).returncode == 0
+    listed = Path(env["COCO_MD5_FILE"]).read_text().splitlines()
+    # md5sum -b writes "<md5> *<name>", in capitals on some systems: the same sums.
+    binary = tmp_path / "binary.md5"
+    binary.write_text("".join(f"{line[:32].upper()} *{line[34:]}\n" for line in listed))
+    result = _run(script, data, env | {"COCO_MD5_FILE": str(binary)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    if script == "download_dataset.sh":
+        assert result.stdout.count("already extracted") == 3
+    else:
+        assert result.stdout.count("PASSED  md5") == 3
+    # A line that is not "<md5> <name>" is refused, not skipped, before anything is written.
+    bad = tmp_path / "bad.md5"
+    bad.write_text(listed[0] + "\nd41d8cd98f00b204e9800998ecf8427e\n")
+    result = _run(script, tmp_path / "other", env | {"COCO_MD5_FILE": str(bad)})
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"{bad}:2: not an md5 list line: d41d8cd98f00b204e9800998ecf8427e"
+    )
+    assert not (tmp_path / "other").exists()
