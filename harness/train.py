@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     dist = distributed.init_distributed()
     platform.check_matches(cfg, hw, dist.world_size)
     check_runnable(cfg, dist.world_size)
-    check_inputs(cfg)  # paths only, before the run directory: a mistake leaves nothing behind
     cache_cleared = clear_page_cache(cfg, dist)
+    check_inputs(cfg)  # paths only, before the run directory: a mistake leaves nothing behind
     device = dist.device
     # The run's config.yaml records the seed actually used: a resumed run takes it from there.
     seed = distributed.broadcast_seed(cfg.run.seed)
