@@ -34,6 +34,7 @@ from harness.data import (
     check_inputs,
     val_annotation_file,
 )
+from harness.data.coco import CocoDataError
 from harness.metrics import MetricsWriter, evaluated, write_plots
 from harness.mlperf_log import MLPerfLogError, MLPerfLogger, continue_log
 from harness.model import build_model
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         mllog.run_start()
     status, exit_code = "aborted", EXIT_TARGET_MISSED
     evaluator = None
+    trained: tuple[int, int] | None = None  # (epochs done, images of the next): what to save
     try:
         train_loader = build_train_loader(cfg, normalization, dist.rank, dist.world_size, seed)
         val_loader = build_val_loader(cfg, normalization, dist.rank, dist.world_size)
@@ -378,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             mllog.epoch_start(epoch)
             train_loader.set_epoch(epoch, start=position)
             consumed, position = position, 0
+            trained = (epoch - 1, consumed)  # where a resume would continue: epochs done, images
             data_start = time.perf_counter()
             for batch in train_loader:
                 # Every rank stops at the same step, even when the signal reached some a step
@@ -399,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 scaler.update()
                 iteration += 1
                 consumed += cfg.solver.ims_per_batch
+                trained = (epoch - 1, consumed)
                 log_now = iteration % cfg.run.log_every_iters == 0
                 # .item() syncs with the GPU, so on CUDA losses are checked at the logging
                 # interval only; on the CPU it costs nothing and every step is checked.
@@ -429,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             # The epoch ran to its end, even when max_iter fell on its last batch.
             if consumed == len(train_loader) * cfg.solver.ims_per_batch:
                 consumed = 0
+            trained = (epoch - 1, consumed) if consumed else (epoch, 0)
             mllog.epoch_stop(epoch)
             block_done = epoch >= block_last or iteration >= cfg.solver.max_iter
             if block_done:
@@ -463,6 +468,13 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError("ranks ended the run with different parameters (DDP out of sync)")
         status = "success" if reached else "aborted"
         exit_code = 0 if reached else EXIT_TARGET_MISSED
+    except CocoDataError as error:
+        # A corrupt image or annotation met while training: the rules fix the training set, so
+        # the run cannot skip it; what was trained is saved, and the error names the file.
+        if trained is not None:
+            save(*trained)
+        print(f"python -m harness.train: data error: {error}", file=sys.stderr)
+        exit_code = EXIT_CONFIG_ERROR
     except StopRequested as stop:
         signal_name, epoch_done, consumed_in_epoch, pending = stop.args
         save(epoch_done, consumed_in_epoch, pending)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,3 +145,22 @@ def test_a_kill_during_the_last_evaluation_is_evaluated_again(tmp_path, dataset)
     keys = [r["key"] for r in records(log)]
     assert keys.count("eval_start") == 1 and keys.count("eval_accuracy") == 1
     assert records(log)[-1]["metadata"]["status"] == "success"
+
+
+def test_a_corrupt_image_stops_the_run_with_its_name_after_saving(tmp_path, dataset):  # noqa: F811
+    """The rules fix the training set, so a corrupt image is not skipped: the run stops with one
+    line naming the file (exit 2), and what it trained is checkpointed for a resume once the file
+    is restored."""
+    data = tmp_path / "coco"
+    shutil.copytree(dataset, data)
+    images = sorted((data / "train2017").iterdir())
+    broken = images[len(images) // 2]
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated, as a cut copy leaves it
+    proc = train(tmp_path, data, *COMMON, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m harness.train: data error:") and broken.name in last, last
+    (run,) = run_dirs(tmp_path)
+    assert checkpoint.load_latest(run / "checkpoints") is not None
+    assert records(run / "mlperf.log")[-1]["metadata"]["status"] == "aborted"
