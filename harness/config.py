@@ -289,16 +289,18 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+def load(
+    path: str | Path | None = None, overrides: typing.Sequence[str] = (), warn: bool = True
+) -> Config:
     """Load a YAML config (or the defaults when `path` is None) and apply `section.key=value`
     overrides. Raises ConfigError naming the offending key; logs a warning for each value that is
-    legal but unusual."""
+    legal but unusual (unless warn is False: a config read back, e.g. a run's own config.yaml)."""
     data = _read_yaml(Path(path)) if path is not None else {}
     for text in overrides:
         keys, value = _parse_override(text)
         _merge(data, keys, value)
     cfg = check(_build(Config, data))
-    for message in unusual(cfg):
+    for message in unusual(cfg) if warn else ():
         log.warning("config: %s", message)
     return cfg
 

@@ -72,7 +72,7 @@ def run_config(run_dir: Path, config_arg: str | None, overrides: list[str]) -> c
         raise config.ConfigError(
             f"--resume {run_dir}: not a run directory (no config.yaml and checkpoints/){hint}"
         )
-    saved = config.load(saved_path)
+    saved = config.load(saved_path, warn=False)  # its warnings came with the run itself
     wanted = config.load(config_arg if config_arg else saved_path, overrides)
     changed = differences(config.to_dict(saved), wanted)
     if changed:
