@@ -2,7 +2,8 @@
 
 Environment:
   FORCE_CUDA=1 / FORCE_CUDA=0   force the CUDA build on or off (default: on when a toolkit is found)
-  TORCH_CUDA_ARCH_LIST          archs to build for; default: those of 7.0, 8.0, 9.0 the local nvcc knows
+  TORCH_CUDA_ARCH_LIST          archs to build for; default: those of 7.0, 8.0, 9.0 the local nvcc knows,
+                                the newest also as PTX (so newer GPUs JIT-compile it)
   MAX_JOBS                      parallel compile jobs (honoured by torch's ninja build)
 """
 
@@ -73,6 +74,15 @@ def _nvcc_archs(cuda_home: str) -> list[str]:
     return [a for a in DEFAULT_ARCHS if f"compute_{a.replace('.', '')}" in known]
 
 
+def _default_arch_list(archs: list[str]) -> str:
+    """TORCH_CUDA_ARCH_LIST for `archs`, the newest with +PTX: GPUs newer than every listed arch
+    (e.g. sm_100) run the PTX, JIT-compiled by the driver, instead of failing to load the kernels."""
+    if not archs:
+        return ""
+    newest = max(archs, key=lambda a: tuple(int(v) for v in a.split(".")))
+    return ";".join(f"{a}+PTX" if a == newest else a for a in archs)
+
+
 def _cuda_math_includes(cuda_home: str) -> list[str]:
     """ATen's CUDA headers include cublas_v2.h / cusparse.h; a slim toolkit may lack them, while
     torch's pip `nvidia` packages carry them (nvidia/cu13/include, or nvidia/cublas/include, ...)."""
@@ -115,7 +125,7 @@ def _extension():
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
     if not archs:
-        archs = ";".join(_nvcc_archs(CUDA_HOME))
+        archs = _default_arch_list(_nvcc_archs(CUDA_HOME))
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     include_dirs += _cuda_math_includes(CUDA_HOME)
     _write_build_config(torch.__version__, archs)

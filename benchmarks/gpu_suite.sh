@@ -81,6 +81,10 @@ not_available() {
 }
 
 export TORCH_CUDA_ARCH_LIST="$arch" FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+# This build is for GPU 0's arch only; scripts/setup_env.sh's stamp would still describe the build
+# it made (e.g. all default archs) and let the next run use this one. Dropping the stamp makes
+# setup_env.sh rebuild what it wants next time.
+rm -f "$root/.build-stamp"
 run_part build 140 "$py" setup.py -q build_ext --inplace
 run_part cuda_tests 90 "$py" -m pytest -m cuda tests -q -p no:cacheprovider \
   --junitxml="$out/cuda_tests.xml"

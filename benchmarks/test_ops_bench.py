@@ -14,6 +14,7 @@ from torchvision.models.detection.image_list import ImageList
 from benchmarks.conftest import sync
 from harness.ops import (
     batched_nms,
+    batched_nms_mask,
     decode_boxes,
     encode_boxes,
     fpn_levels,
@@ -165,6 +166,12 @@ def test_nms_rpn_2000_peer(benchmark, nms_inputs, bench_device):
 @pytest.mark.benchmark(group="batched_nms_5x2x2000")
 def test_batched_nms_5x2x2000_ours(benchmark, nms_inputs, bench_device):
     benchmark(_synced, batched_nms, bench_device, *nms_inputs[2:], 0.7)
+
+
+@pytest.mark.benchmark(group="batched_nms_5x2x2000")
+def test_batched_nms_5x2x2000_ours_mask(benchmark, nms_inputs, bench_device):
+    # The fixed-size, sync-free variant a training step uses.
+    benchmark(_synced, batched_nms_mask, bench_device, *nms_inputs[2:], 0.7)
 
 
 @pytest.mark.benchmark(group="batched_nms_5x2x2000")

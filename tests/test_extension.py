@@ -1,14 +1,18 @@
 """The built extension imports and reports how it was built."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from harness import collect_env, extension
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_extension_imports_and_matches_torch():
@@ -24,9 +28,50 @@ def test_cuda_archs_follow_the_build():
         assert archs == []
         return
     assert archs, "a CUDA build must record its archs"
-    assert set(archs) <= {"7.0", "8.0", "9.0", "10.0", "12.0"} | set(
+    assert {a.removesuffix("+PTX") for a in archs} <= {"7.0", "8.0", "9.0", "10.0", "12.0"} | set(
         os.environ.get("TORCH_CUDA_ARCH_LIST", "").replace(" ", ";").split(";")
     )
+
+
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("harness_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_archs_carry_ptx_for_the_newest():
+    """Without PTX, a GPU newer than every listed arch (e.g. sm_100) cannot load the kernels."""
+    default = _setup_module()._default_arch_list
+    assert default(["8.0", "9.0"]) == "8.0;9.0+PTX"
+    assert default(["9.0", "7.0", "10.0"]) == "9.0;7.0;10.0+PTX"
+    assert default([]) == ""
+
+
+def test_nms_avx2_clones_are_x86_only():
+    """target_clones("avx2") is an x86 attribute: GCC rejects it when building for aarch64
+    (GH200). Preprocess nms_cpu.cpp as an aarch64 compiler would see it (no __x86_64__)."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ is not installed")
+    source = (ROOT / "csrc" / "nms" / "nms_cpu.cpp").read_text()
+    macros = "".join(
+        line + "\n"
+        for line in source.splitlines()
+        if line.startswith("#if")
+        or line.startswith("#define HARNESS_AVX2")
+        or line.startswith("#else")
+        or line.startswith("#endif")
+    )
+    for defines, expected in ((["-U__x86_64__", "-U__i386__", "-D__aarch64__"], False), ([], True)):
+        out = subprocess.run(
+            [gxx, "-E", "-P", *defines, "-x", "c++", "-"],
+            input=macros + "HARNESS_AVX2_CLONES\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert ("target_clones" in out) == expected, (defines, out)
 
 
 @pytest.mark.skipif(

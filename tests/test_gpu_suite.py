@@ -76,3 +76,36 @@ def test_refuses_when_torch_sees_no_gpu(tmp_path):
     assert proc.returncode == 2
     assert "torch.cuda.is_available() is False" in proc.stderr
     assert sys.executable in proc.stderr
+
+
+def test_gpu_only_build_leaves_no_stale_build_stamp(tmp_path):
+    """The suite builds for GPU 0's arch only; scripts/setup_env.sh's .build-stamp must not keep
+    claiming the earlier build, or the next run would reuse this one-arch extension."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    shutil.copy(SUITE, repo / "benchmarks" / "gpu_suite.sh")
+    (repo / ".build-stamp").write_text("stamp of the all-archs build\n")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    smi = fake / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: Fake GPU (UUID: GPU-0)'\n")
+    smi.chmod(0o755)
+    # A Python that reports compute capability 8.0 and records what setup.py was asked to build.
+    py = fake / "python"
+    py.write_text(
+        "#!/bin/bash\n"
+        'if [[ "$1" == setup.py ]]; then\n'
+        '  echo "$TORCH_CUDA_ARCH_LIST $(ls .build-stamp 2>/dev/null)" > built.txt\n'
+        'elif [[ "$1" == -c ]]; then echo 8.0; fi\n'
+    )
+    py.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:/usr/bin:/bin", "PY": str(py)}
+    subprocess.run(
+        ["bash", str(repo / "benchmarks" / "gpu_suite.sh"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert (repo / "built.txt").read_text().split() == ["8.0"]
+    assert not (repo / ".build-stamp").exists()

@@ -1,5 +1,8 @@
 // FPN anchors as the MLPerf reference makes them (maskrcnn-benchmark's Detectron "legacy" scheme):
-// for each level one set of cell anchors, shifted over the feature grid.
+// for each level one set of cell anchors, shifted over the feature grid. The op
+// harness::generate_anchors (schema in csrc/ops.cpp) returns all levels' anchors
+// [sum_l H_l * W_l * A, 4] float32 in one buffer, rows in (level, y, x, aspect ratio) order; it has
+// no tensor input, so a BackendSelect kernel (anchors_cpu.cpp) dispatches on its `device`.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -49,33 +52,17 @@ HOST_DEVICE_INLINE void write_anchor(const AnchorGrid& grid, const float* cells,
 // box [0, 0, stride - 1, stride - 1] reshaped to each aspect ratio with widths and heights rounded
 // half to even, then scaled to `size`. One (x1, y1, x2, y2) per aspect ratio.
 std::vector<std::array<double, 4>> legacy_cell_anchors(int64_t stride, double size,
-                                                       const std::vector<double>& aspect_ratios);
+                                                       c10::ArrayRef<double> aspect_ratios);
 
-// Fill out [grid.offset[num_levels], 4] float32 (contiguous) from cells, on out's device.
-void grid_anchors_cpu(const at::Tensor& cells, const AnchorGrid& grid, at::Tensor& out);
-#ifdef WITH_CUDA
-void grid_anchors_cuda(const at::Tensor& cells, const AnchorGrid& grid, at::Tensor& out);
-#endif
+// What both devices' kernels write: the grid of every level and their cell anchors
+// ([num_levels * cells_per_level, 4] float32, host), from the op's arguments (checked here).
+struct AnchorPlan {
+  AnchorGrid grid;
+  std::vector<float> cells;
+};
 
-inline void grid_anchors(const at::Tensor& cells, const AnchorGrid& grid, at::Tensor& out) {
-  if (out.is_cuda()) {
-#ifdef WITH_CUDA
-    grid_anchors_cuda(cells, grid, out);
-    return;
-#else
-    TORCH_CHECK(false, "generate_anchors: device is CUDA but harness._C was built without CUDA");
-#endif
-  }
-  grid_anchors_cpu(cells, grid, out);
-}
-
-// All levels' anchors, written in one pass into one buffer and returned as per-level views
-// [H_l * W_l * A, 4] float32 (x1, y1, x2, y2) in input-image pixels, A = len(aspect_ratios).
-// feature_sizes[l] = (H_l, W_l); strides and sizes hold one value per level.
-std::vector<at::Tensor> generate_anchors(const std::vector<std::vector<int64_t>>& feature_sizes,
-                                         const std::vector<int64_t>& strides,
-                                         const std::vector<double>& sizes,
-                                         const std::vector<double>& aspect_ratios,
-                                         at::Device device);
+// feature_sizes = (H_0, W_0, H_1, W_1, ...); strides and sizes hold one value per level.
+AnchorPlan plan_anchors(at::IntArrayRef feature_sizes, at::IntArrayRef strides,
+                        c10::ArrayRef<double> sizes, c10::ArrayRef<double> aspect_ratios);
 
 }  // namespace harness

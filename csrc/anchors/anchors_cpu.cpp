@@ -1,5 +1,7 @@
-// Cell anchors (host, float64), the CPU grid kernel, and generate_anchors around them.
+// Cell anchors (host, float64), the plan both devices share, and the CPU kernel.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
 
 #include <cmath>
 
@@ -17,7 +19,7 @@ std::array<double, 4> centred_box(double w, double h, double ctr_x, double ctr_y
 }  // namespace
 
 std::vector<std::array<double, 4>> legacy_cell_anchors(int64_t stride, double size,
-                                                       const std::vector<double>& aspect_ratios) {
+                                                       c10::ArrayRef<double> aspect_ratios) {
   // Base box [0, 0, stride - 1, stride - 1]: w = h = stride, centre (stride - 1) / 2.
   const double base = static_cast<double>(stride);
   const double ctr = 0.5 * (base - 1);
@@ -32,63 +34,77 @@ std::vector<std::array<double, 4>> legacy_cell_anchors(int64_t stride, double si
   return cells;
 }
 
-void grid_anchors_cpu(const at::Tensor& cells, const AnchorGrid& grid, at::Tensor& out) {
-  const float* cell_data = cells.data_ptr<float>();
-  float* out_data = out.data_ptr<float>();
-  at::parallel_for(0, grid.offset[grid.num_levels], 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      write_anchor(grid, cell_data, row, out_data + 4 * row);
-    }
-  });
-}
-
-std::vector<at::Tensor> generate_anchors(const std::vector<std::vector<int64_t>>& feature_sizes,
-                                         const std::vector<int64_t>& strides,
-                                         const std::vector<double>& sizes,
-                                         const std::vector<double>& aspect_ratios,
-                                         at::Device device) {
-  const int64_t num_levels = static_cast<int64_t>(feature_sizes.size());
+AnchorPlan plan_anchors(at::IntArrayRef feature_sizes, at::IntArrayRef strides,
+                        c10::ArrayRef<double> sizes, c10::ArrayRef<double> aspect_ratios) {
+  const int64_t num_levels = static_cast<int64_t>(strides.size());
   TORCH_CHECK(num_levels >= 1 && num_levels <= kMaxAnchorLevels,
-              "generate_anchors: feature_sizes must name 1 to ", kMaxAnchorLevels, " levels, got ",
+              "generate_anchors: strides must name 1 to ", kMaxAnchorLevels, " levels, got ",
               num_levels);
-  TORCH_CHECK(static_cast<int64_t>(strides.size()) == num_levels &&
-                  static_cast<int64_t>(sizes.size()) == num_levels,
-              "generate_anchors: strides and sizes need one value per level (", num_levels, ")");
+  TORCH_CHECK(
+      static_cast<int64_t>(feature_sizes.size()) == 2 * num_levels &&
+          static_cast<int64_t>(sizes.size()) == num_levels,
+      "generate_anchors: feature_sizes needs (height, width) and sizes one value per level (",
+      num_levels, " levels), got ", feature_sizes.size(), " and ", sizes.size());
   TORCH_CHECK(!aspect_ratios.empty(), "generate_anchors: aspect_ratios is empty");
 
-  AnchorGrid grid{};
+  AnchorPlan plan{};
+  AnchorGrid& grid = plan.grid;
   grid.num_levels = static_cast<int>(num_levels);
   grid.cells_per_level = static_cast<int>(aspect_ratios.size());
-  std::vector<float> cells;
   for (int64_t l = 0; l < num_levels; ++l) {
-    TORCH_CHECK(
-        feature_sizes[l].size() == 2 && feature_sizes[l][0] >= 0 && feature_sizes[l][1] >= 0,
-        "generate_anchors: feature_sizes[", l, "] must be (height, width) >= 0");
+    const int64_t height = feature_sizes[2 * l];
+    const int64_t width = feature_sizes[2 * l + 1];
+    TORCH_CHECK(height >= 0 && width >= 0, "generate_anchors: feature_sizes of level ", l,
+                " must be (height, width) >= 0, got (", height, ", ", width, ")");
     TORCH_CHECK(strides[l] > 0 && sizes[l] > 0, "generate_anchors: strides[", l, "] and sizes[", l,
                 "] must be positive");
-    grid.width[l] = feature_sizes[l][1];
+    grid.width[l] = width;
     grid.stride[l] = strides[l];
-    grid.offset[l + 1] =
-        grid.offset[l] + feature_sizes[l][0] * feature_sizes[l][1] * grid.cells_per_level;
+    grid.offset[l + 1] = grid.offset[l] + height * width * grid.cells_per_level;
     for (const auto& cell : legacy_cell_anchors(strides[l], sizes[l], aspect_ratios)) {
       for (const double v : cell) {
-        cells.push_back(static_cast<float>(v));
+        plan.cells.push_back(static_cast<float>(v));
       }
     }
   }
-  const int64_t total = grid.offset[num_levels];
+  return plan;
+}
 
-  at::Tensor out = at::empty({total, 4}, at::TensorOptions(device).dtype(at::kFloat));
-  if (total > 0) {
-    const at::Tensor cell_t =
-        at::tensor(cells, at::kFloat).view({-1, 4}).to(device, /*non_blocking=*/false);
-    grid_anchors(cell_t, grid, out);
-  }
-  std::vector<at::Tensor> levels;
-  for (int64_t l = 0; l < num_levels; ++l) {
-    levels.push_back(out.narrow(0, grid.offset[l], grid.offset[l + 1] - grid.offset[l]));
-  }
-  return levels;
+namespace {
+
+at::Tensor generate_anchors_cpu(at::IntArrayRef feature_sizes, at::IntArrayRef strides,
+                                c10::ArrayRef<double> sizes, c10::ArrayRef<double> aspect_ratios,
+                                at::Device device) {
+  const AnchorPlan plan = plan_anchors(feature_sizes, strides, sizes, aspect_ratios);
+  const AnchorGrid& grid = plan.grid;
+  at::Tensor out =
+      at::empty({grid.offset[grid.num_levels], 4}, at::TensorOptions(device).dtype(at::kFloat));
+  float* out_data = out.data_ptr<float>();
+  at::parallel_for(0, grid.offset[grid.num_levels], 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      write_anchor(grid, plan.cells.data(), row, out_data + 4 * row);
+    }
+  });
+  return out;
+}
+
+// The op has no tensor argument to dispatch on: send it to the kernel of `device`'s backend.
+at::Tensor generate_anchors_backend_select(at::IntArrayRef feature_sizes, at::IntArrayRef strides,
+                                           c10::ArrayRef<double> sizes,
+                                           c10::ArrayRef<double> aspect_ratios, at::Device device) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("harness::generate_anchors", "")
+                             .typed<decltype(generate_anchors_backend_select)>();
+  const c10::DispatchKeySet keys(c10::computeDispatchKey(std::nullopt, std::nullopt, device));
+  return op.redispatch(keys, feature_sizes, strides, sizes, aspect_ratios, device);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(harness, CPU, m) { m.impl("generate_anchors", &generate_anchors_cpu); }
+
+TORCH_LIBRARY_IMPL(harness, BackendSelect, m) {
+  m.impl("generate_anchors", &generate_anchors_backend_select);
 }
 
 }  // namespace harness

@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include "anchors/anchors.h"
 
@@ -18,24 +19,28 @@ __global__ void grid_anchors_kernel(const AnchorGrid grid, const float* __restri
   }
 }
 
-}  // namespace
-
-void grid_anchors_cuda(const at::Tensor& cells, const AnchorGrid& grid, at::Tensor& out) {
-  TORCH_CHECK(cells.is_cuda() && out.is_cuda() && cells.device() == out.device(),
-              "grid_anchors_cuda: cells and out must be on one CUDA device");
-  TORCH_CHECK(cells.scalar_type() == at::kFloat && out.scalar_type() == at::kFloat,
-              "grid_anchors_cuda: cells and out must be float32");
-  TORCH_CHECK(cells.is_contiguous() && out.is_contiguous(),
-              "grid_anchors_cuda: cells and out must be contiguous");
+at::Tensor generate_anchors_cuda(at::IntArrayRef feature_sizes, at::IntArrayRef strides,
+                                 c10::ArrayRef<double> sizes, c10::ArrayRef<double> aspect_ratios,
+                                 at::Device device) {
+  const AnchorPlan plan = plan_anchors(feature_sizes, strides, sizes, aspect_ratios);
+  const AnchorGrid& grid = plan.grid;
   const int64_t total = grid.offset[grid.num_levels];
+  const c10::cuda::CUDAGuard guard(device);
+  at::Tensor out = at::empty({total, 4}, at::TensorOptions(device).dtype(at::kFloat));
   if (total == 0) {
-    return;
+    return out;
   }
-  const c10::cuda::CUDAGuard guard(out.device());
+  // A host-to-device copy of a few dozen floats: it does not wait for the device.
+  const at::Tensor cells = at::tensor(plan.cells, at::kFloat).to(device, /*non_blocking=*/false);
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   grid_anchors_kernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       grid, cells.data_ptr<float>(), out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(harness, CUDA, m) { m.impl("generate_anchors", &generate_anchors_cuda); }
 
 }  // namespace harness

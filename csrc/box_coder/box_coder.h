@@ -1,18 +1,22 @@
 // The MLPerf reference's BoxCoder (maskrcnn-benchmark): box <-> (dx, dy, dw, dh) regression
-// deltas, with widths in the inclusive-pixel convention (x2 - x1 + 1).
+// deltas, with widths in the inclusive-pixel convention (x2 - x1 + 1), as the ops
+// harness::encode_boxes and harness::decode_boxes (schemas in csrc/ops.cpp; kernels registered in
+// box_coder_cpu.cpp and box_coder_cuda.cu).
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <array>
 #include <cmath>
 
 #include "common/macros.h"
 
 namespace harness {
 
-// (wx, wy, ww, wh): the deltas are scaled by these, e.g. (10, 10, 5, 5) for the box head.
-using BoxWeights = std::array<double, 4>;
+// weights = (wx, wy, ww, wh): the deltas are scaled by these, e.g. (10, 10, 5, 5) for the box head.
+inline void check_weights(const char* op, c10::ArrayRef<double> weights) {
+  TORCH_CHECK(weights.size() == 4, op, ": weights must be 4 numbers (wx, wy, ww, wh), got ",
+              weights.size());
+}
 
 template <typename T>
 HOST_DEVICE_INLINE T coder_log(T x) {
@@ -100,43 +104,6 @@ inline void check_decode_inputs(const at::Tensor& deltas, const at::Tensor& boxe
               "decode_boxes: deltas must be floating point, got ", deltas.scalar_type());
   TORCH_CHECK(boxes.scalar_type() == deltas.scalar_type() && boxes.device() == deltas.device(),
               "decode_boxes: boxes must have the dtype and device of deltas");
-}
-
-at::Tensor encode_boxes_cpu(const at::Tensor& reference_boxes, const at::Tensor& proposals,
-                            const BoxWeights& weights);
-at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& boxes,
-                            const BoxWeights& weights, double bbox_xform_clip);
-#ifdef WITH_CUDA
-at::Tensor encode_boxes_cuda(const at::Tensor& reference_boxes, const at::Tensor& proposals,
-                             const BoxWeights& weights);
-at::Tensor decode_boxes_cuda(const at::Tensor& deltas, const at::Tensor& boxes,
-                             const BoxWeights& weights, double bbox_xform_clip);
-#endif
-
-// reference_boxes, proposals: [N, 4]; returns the deltas [N, 4] in their dtype.
-inline at::Tensor encode_boxes(const at::Tensor& reference_boxes, const at::Tensor& proposals,
-                               const BoxWeights& weights) {
-  if (reference_boxes.is_cuda()) {
-#ifdef WITH_CUDA
-    return encode_boxes_cuda(reference_boxes, proposals, weights);
-#else
-    TORCH_CHECK(false, "encode_boxes: CUDA tensors but harness._C was built without CUDA");
-#endif
-  }
-  return encode_boxes_cpu(reference_boxes, proposals, weights);
-}
-
-// deltas: [N, 4 * k]; boxes: [N, 4]; returns the boxes [N, 4 * k] predicted by each delta group.
-inline at::Tensor decode_boxes(const at::Tensor& deltas, const at::Tensor& boxes,
-                               const BoxWeights& weights, double bbox_xform_clip) {
-  if (deltas.is_cuda()) {
-#ifdef WITH_CUDA
-    return decode_boxes_cuda(deltas, boxes, weights, bbox_xform_clip);
-#else
-    TORCH_CHECK(false, "decode_boxes: CUDA tensors but harness._C was built without CUDA");
-#endif
-  }
-  return decode_boxes_cpu(deltas, boxes, weights, bbox_xform_clip);
 }
 
 }  // namespace harness

@@ -1,6 +1,7 @@
 // CPU box coder: one pass over the boxes, rows split across threads.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include "box_coder/box_coder.h"
 
@@ -12,8 +13,9 @@ constexpr int64_t kGrain = 2048;
 }  // namespace
 
 at::Tensor encode_boxes_cpu(const at::Tensor& reference_boxes, const at::Tensor& proposals,
-                            const BoxWeights& weights) {
+                            c10::ArrayRef<double> weights) {
   check_encode_inputs(reference_boxes, proposals);
+  check_weights("encode_boxes", weights);
   TORCH_CHECK(reference_boxes.is_cpu(), "encode_boxes: reference_boxes must be a CPU tensor");
   const at::Tensor reference_c = reference_boxes.contiguous();
   const at::Tensor proposals_c = proposals.contiguous();
@@ -35,8 +37,9 @@ at::Tensor encode_boxes_cpu(const at::Tensor& reference_boxes, const at::Tensor&
 }
 
 at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& boxes,
-                            const BoxWeights& weights, double bbox_xform_clip) {
+                            c10::ArrayRef<double> weights, double bbox_xform_clip) {
   check_decode_inputs(deltas, boxes);
+  check_weights("decode_boxes", weights);
   TORCH_CHECK(deltas.is_cpu(), "decode_boxes: deltas must be a CPU tensor");
   const at::Tensor deltas_c = deltas.contiguous();
   const at::Tensor boxes_c = boxes.contiguous();
@@ -58,6 +61,11 @@ at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& boxes,
         });
       });
   return out;
+}
+
+TORCH_LIBRARY_IMPL(harness, CPU, m) {
+  m.impl("encode_boxes", &encode_boxes_cpu);
+  m.impl("decode_boxes", &decode_boxes_cpu);
 }
 
 }  // namespace harness

@@ -3,6 +3,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include "box_coder/box_coder.h"
 
@@ -36,8 +37,9 @@ int64_t blocks_for(int64_t items) { return (items + kThreads - 1) / kThreads; }
 }  // namespace
 
 at::Tensor encode_boxes_cuda(const at::Tensor& reference_boxes, const at::Tensor& proposals,
-                             const BoxWeights& weights) {
+                             c10::ArrayRef<double> weights) {
   check_encode_inputs(reference_boxes, proposals);
+  check_weights("encode_boxes", weights);
   TORCH_CHECK(reference_boxes.is_cuda(), "encode_boxes: reference_boxes must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(reference_boxes.device());
   const at::Tensor reference_c = reference_boxes.contiguous();
@@ -61,8 +63,9 @@ at::Tensor encode_boxes_cuda(const at::Tensor& reference_boxes, const at::Tensor
 }
 
 at::Tensor decode_boxes_cuda(const at::Tensor& deltas, const at::Tensor& boxes,
-                             const BoxWeights& weights, double bbox_xform_clip) {
+                             c10::ArrayRef<double> weights, double bbox_xform_clip) {
   check_decode_inputs(deltas, boxes);
+  check_weights("decode_boxes", weights);
   TORCH_CHECK(deltas.is_cuda(), "decode_boxes: deltas must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(deltas.device());
   const at::Tensor deltas_c = deltas.contiguous();
@@ -85,6 +88,11 @@ at::Tensor decode_boxes_cuda(const at::Tensor& deltas, const at::Tensor& boxes,
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   return out;
+}
+
+TORCH_LIBRARY_IMPL(harness, CUDA, m) {
+  m.impl("encode_boxes", &encode_boxes_cuda);
+  m.impl("decode_boxes", &decode_boxes_cuda);
 }
 
 }  // namespace harness

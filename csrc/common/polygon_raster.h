@@ -87,7 +87,12 @@ HOST_DEVICE_INLINE int fine_coord(float v, float origin, float scale) {
 #else
   const float mask_coord = (v - origin) * scale;
 #endif
-  return static_cast<int>(add_rn(mul_rn(kFine, static_cast<double>(mask_coord)), 0.5));
+  // Valid input stays within |mask_coord| <= 2e5 * 512 (harness/ops/mask_targets.py); the clamp
+  // (NaN to 0) only keeps unchecked input from overflowing int, never changes a valid result.
+  constexpr float kLimit = 134217728.0f;  // 2^27: 5 * 2^27 < 2^30
+  const float bounded = mask_coord >= -kLimit ? (mask_coord <= kLimit ? mask_coord : kLimit)
+                                              : (mask_coord < -kLimit ? -kLimit : 0.0f);
+  return static_cast<int>(add_rn(mul_rn(kFine, static_cast<double>(bounded)), 0.5));
 }
 
 // The mask row where a crossing whose lower fine y is `fine_y` starts toggling, in [0, mask_size].

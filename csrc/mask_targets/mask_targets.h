@@ -1,14 +1,17 @@
 // Mask R-CNN mask targets: each ROI's matched GT polygons cropped to the ROI and rasterized at
-// M x M, bit-identical to maskrcnn-benchmark's SegmentationMask crop -> resize -> pycocotools path.
+// M x M, bit-identical to maskrcnn-benchmark's SegmentationMask crop -> resize -> pycocotools path;
+// the op harness::mask_targets (schema in csrc/ops.cpp; kernels registered in mask_targets_cpu.cpp
+// and mask_targets_cuda.cu).
 //
 // vertices:     [V, 2] float32 (x, y) in image pixels
 // poly_offsets: [P + 1] int64; polygon p is vertices[poly_offsets[p]:poly_offsets[p + 1]], >= 3
-// each obj_offsets:  [N + 1] int64; object n owns polygons obj_offsets[n]:obj_offsets[n + 1] rois:
-// [K, 4] float32 (x1, y1, x2, y2), same pixels as the vertices roi_objects:  [K] int64 in [0, N),
-// the object matched to each ROI Returns [K, M, M] float32 of 0/1, indexed [k, y, x]; an object
-// without polygons gives zeros. The Python wrapper (harness/ops/mask_targets.py) validates values
-// and coordinate bounds first; the CPU kernel re-checks the indices, the CUDA kernel relies on the
-// wrapper (checking would sync).
+//               each
+// obj_offsets:  [N + 1] int64; object n owns polygons obj_offsets[n]:obj_offsets[n + 1]
+// rois:         [K, 4] float32 (x1, y1, x2, y2), same pixels as the vertices
+// roi_objects:  [K] int64 in [0, N), the object matched to each ROI
+// Returns [K, M, M] float32 of 0/1, indexed [k, y, x]; an object without polygons gives zeros.
+// The CPU kernel checks the indices (host memory); the CUDA kernel skips bad ones (checking would
+// sync); the debug checks of harness/ops/mask_targets.py report values and coordinate bounds.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -20,16 +23,6 @@ namespace harness {
 constexpr int64_t kMaxMaskSize = 512;
 
 namespace detail {
-
-at::Tensor mask_targets_cpu(const at::Tensor& vertices, const at::Tensor& poly_offsets,
-                            const at::Tensor& obj_offsets, const at::Tensor& rois,
-                            const at::Tensor& roi_objects, int64_t mask_size);
-
-#ifdef WITH_CUDA
-at::Tensor mask_targets_cuda(const at::Tensor& vertices, const at::Tensor& poly_offsets,
-                             const at::Tensor& obj_offsets, const at::Tensor& rois,
-                             const at::Tensor& roi_objects, int64_t mask_size);
-#endif
 
 inline void check_mask_targets_args(const at::Tensor& vertices, const at::Tensor& poly_offsets,
                                     const at::Tensor& obj_offsets, const at::Tensor& rois,
@@ -70,25 +63,5 @@ inline void check_mask_targets_args(const at::Tensor& vertices, const at::Tensor
 }
 
 }  // namespace detail
-
-// [K, M, M] float32 mask targets on the rois' device.
-inline at::Tensor mask_targets(const at::Tensor& vertices, const at::Tensor& poly_offsets,
-                               const at::Tensor& obj_offsets, const at::Tensor& rois,
-                               const at::Tensor& roi_objects, int64_t mask_size) {
-  detail::check_mask_targets_args(vertices, poly_offsets, obj_offsets, rois, roi_objects,
-                                  mask_size);
-  if (rois.is_cuda()) {
-#ifdef WITH_CUDA
-    return detail::mask_targets_cuda(vertices, poly_offsets, obj_offsets, rois, roi_objects,
-                                     mask_size);
-#else
-    TORCH_CHECK(false, "mask_targets: rois are on ", rois.device(),
-                " but harness._C was built without CUDA");
-#endif
-  }
-  TORCH_CHECK(rois.is_cpu(), "mask_targets: unsupported device ", rois.device());
-  return detail::mask_targets_cpu(vertices, poly_offsets, obj_offsets, rois, roi_objects,
-                                  mask_size);
-}
 
 }  // namespace harness

@@ -2,6 +2,7 @@
 // per-column toggle bitmaps, turned into fill bitmaps by a prefix XOR and OR-ed together
 // (pycocotools' merge is a union); the union is expanded into the float output once.
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -13,8 +14,8 @@
 namespace harness::detail {
 namespace {
 
-// Index checks cheap enough to run on every call: they keep a direct caller of harness._C from
-// reading out of bounds.
+// Index checks cheap enough to run on every call (host memory: no device sync): they keep a direct
+// caller of torch.ops.harness.mask_targets from reading out of bounds.
 void check_offsets(const at::Tensor& vertices, const at::Tensor& poly_offsets,
                    const at::Tensor& obj_offsets, const at::Tensor& roi_objects) {
   const int64_t* po = poly_offsets.data_ptr<int64_t>();
@@ -85,6 +86,8 @@ void rasterize_roi(const float* vertices, const int64_t* poly_offsets, int64_t f
 at::Tensor mask_targets_cpu(const at::Tensor& vertices, const at::Tensor& poly_offsets,
                             const at::Tensor& obj_offsets, const at::Tensor& rois,
                             const at::Tensor& roi_objects, int64_t mask_size) {
+  check_mask_targets_args(vertices, poly_offsets, obj_offsets, rois, roi_objects, mask_size);
+  TORCH_CHECK(rois.is_cpu(), "mask_targets: rois must be a CPU tensor");
   const int64_t num_rois = rois.size(0);
   at::Tensor out = at::empty({num_rois, mask_size, mask_size}, rois.options());
   check_offsets(vertices, poly_offsets, obj_offsets, roi_objects);
@@ -109,5 +112,7 @@ at::Tensor mask_targets_cpu(const at::Tensor& vertices, const at::Tensor& poly_o
   });
   return out;
 }
+
+TORCH_LIBRARY_IMPL(harness, CPU, m) { m.impl("mask_targets", &mask_targets_cpu); }
 
 }  // namespace harness::detail

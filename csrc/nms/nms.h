@@ -1,4 +1,13 @@
-// Greedy non-maximum suppression, plain and per group (class, or FPN level x image).
+// Greedy non-maximum suppression, plain and per group (class, or FPN level x image), as the ops
+//   harness::nms(boxes, scores, idxs?, iou_threshold, legacy) -> int64 kept indices by score
+//   harness::nms_mask(boxes, scores, idxs?, iou_threshold, legacy) -> bool [N] kept, input order
+// (schemas in csrc/ops.cpp; kernels registered for CPU in nms_cpu.cpp and CUDA in nms_cuda.cu).
+//
+// boxes: [N, 4] (x1, y1, x2, y2) float32/float64; scores: [N], same dtype; idxs: [N] int64 group of
+// each box, or absent for one group. legacy adds 1 to widths and heights and compares the IoU in
+// float with the threshold as float (maskrcnn-benchmark's nms.cu, the MLPerf reference); otherwise
+// the IoU is compared in double, as torchvision does. Score ties are ordered as torchvision orders
+// them on each device. nms_mask never copies device memory to the host.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -36,30 +45,13 @@ inline void check_nms_inputs(const at::Tensor& boxes, const at::Tensor& scores,
   }
 }
 
-// boxes: [N, 4] (x1, y1, x2, y2) float32/float64; scores: [N], same dtype; idxs: [N] int64 group of
-// each box, or nullopt for one group. Returns the kept indices as int64 in decreasing score order;
-// score ties are ordered as torchvision.ops.nms / batched_nms order them.
-at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
-                           const std::optional<at::Tensor>& idxs, double iou_threshold);
-#ifdef WITH_CUDA
-at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
-                            const std::optional<at::Tensor>& idxs, double iou_threshold);
-#endif
-
-inline at::Tensor batched_nms(const at::Tensor& boxes, const at::Tensor& scores,
-                              const std::optional<at::Tensor>& idxs, double iou_threshold) {
-  if (boxes.is_cuda()) {
-#ifdef WITH_CUDA
-    return batched_nms_cuda(boxes, scores, idxs, iou_threshold);
-#else
-    TORCH_CHECK(false, "nms: boxes is a CUDA tensor but harness._C was built without CUDA");
-#endif
-  }
-  return batched_nms_cpu(boxes, scores, idxs, iou_threshold);
-}
-
-inline at::Tensor nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  return batched_nms(boxes, scores, std::nullopt, iou_threshold);
-}
+// Test hooks for the CUDA kernels' arithmetic (csrc/common/nms_bitmask.h), bound in bindings.cpp:
+// the column words [begin, end) each row block of `sorted_groups` (ascending int64) needs, as
+// [words, 2]; and the CUDA bitmask NMS run serially on the host over boxes already sorted by
+// (group, score): bool [N] kept, in that sorted order.
+at::Tensor nms_column_words(const at::Tensor& sorted_groups);
+at::Tensor nms_bitmask_emulation(const at::Tensor& sorted_boxes,
+                                 const std::optional<at::Tensor>& sorted_groups,
+                                 double iou_threshold, bool legacy);
 
 }  // namespace harness

@@ -3,6 +3,7 @@
 // each thread owns a disjoint slice of every gradient map and accumulates without atomics.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <climits>
@@ -239,9 +240,9 @@ void backward_kernel(const Pyramid<T>& pyr, const RoiTables<T>& tables, int pool
 }
 
 template <typename T>
-Pyramid<T> make_pyramid(const std::vector<T*>& data, const std::vector<double>& scales,
-                        const std::vector<int64_t>& heights, const std::vector<int64_t>& widths,
-                        int64_t batch_size, int64_t channels) {
+Pyramid<T> make_pyramid(const std::vector<T*>& data, c10::ArrayRef<double> scales,
+                        at::IntArrayRef heights, at::IntArrayRef widths, int64_t batch_size,
+                        int64_t channels) {
   Pyramid<T> pyr;
   pyr.data = data;
   pyr.heights.assign(heights.begin(), heights.end());
@@ -258,10 +259,11 @@ void check_cpu(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-at::Tensor roi_align_forward_cpu(const std::vector<at::Tensor>& features, const at::Tensor& rois,
-                                 const std::optional<at::Tensor>& levels,
-                                 const std::vector<double>& scales, int64_t pooled_height,
-                                 int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+at::Tensor roi_align_cpu(at::TensorList features, const at::Tensor& rois,
+                         const std::optional<at::Tensor>& levels, c10::ArrayRef<double> scales,
+                         int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                         bool aligned) {
+  check_roi_align_forward(features, rois, levels, scales, pooled_height, pooled_width);
   for (const at::Tensor& f : features) check_cpu(f, "features");
   check_cpu(rois, "rois");
   const at::Tensor& first = features.front();
@@ -291,10 +293,13 @@ at::Tensor roi_align_forward_cpu(const std::vector<at::Tensor>& features, const 
   return output;
 }
 
-std::vector<at::Tensor> roi_align_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& rois, const std::optional<at::Tensor>& levels,
-    const std::vector<double>& scales, int64_t batch_size, const std::vector<int64_t>& heights,
-    const std::vector<int64_t>& widths, int64_t sampling_ratio, bool aligned) {
+std::vector<at::Tensor> roi_align_backward_cpu(const at::Tensor& grad_output,
+                                               const at::Tensor& rois,
+                                               const std::optional<at::Tensor>& levels,
+                                               c10::ArrayRef<double> scales, int64_t batch_size,
+                                               at::IntArrayRef heights, at::IntArrayRef widths,
+                                               int64_t sampling_ratio, bool aligned) {
+  check_roi_align_backward(grad_output, rois, levels, scales, batch_size, heights, widths);
   check_cpu(grad_output, "grad_output");
   check_cpu(rois, "rois");
   const int64_t channels = grad_output.size(1);
@@ -316,6 +321,11 @@ std::vector<at::Tensor> roi_align_backward_cpu(
     backward_kernel(pyr, tables, ph, pw, grad_output.data_ptr<scalar_t>());
   });
   return grads;
+}
+
+TORCH_LIBRARY_IMPL(harness, CPU, m) {
+  m.impl("roi_align", &roi_align_cpu);
+  m.impl("roi_align_backward", &roi_align_backward_cpu);
 }
 
 }  // namespace harness::detail

@@ -6,6 +6,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include <algorithm>
 
@@ -21,7 +22,7 @@ constexpr int kMaxLevels = 8;
 constexpr int kThreads = 256;
 
 template <typename Ptr, typename T>
-struct Levels {
+struct Pyramid {
   Ptr data[kMaxLevels];  // [B, C, H_l, W_l] per level
   int height[kMaxLevels];
   int width[kMaxLevels];
@@ -33,7 +34,7 @@ struct Levels {
 
 // Level, image and geometry of ROI k; false when it pools to zeros (see roi_align.h).
 template <typename Ptr, typename T>
-__device__ __forceinline__ bool locate_roi(const Levels<Ptr, T>& lv, const T* rois,
+__device__ __forceinline__ bool locate_roi(const Pyramid<Ptr, T>& lv, const T* rois,
                                            const int64_t* levels, int64_t k, int pooled_h,
                                            int pooled_w, int sampling_ratio, bool aligned,
                                            int& level, RoiGeometry<T>& g) {
@@ -44,7 +45,7 @@ __device__ __forceinline__ bool locate_roi(const Levels<Ptr, T>& lv, const T* ro
 }
 
 template <typename T>
-__global__ void roi_align_forward_kernel(Levels<const T*, T> lv, const T* rois,
+__global__ void roi_align_forward_kernel(Pyramid<const T*, T> lv, const T* rois,
                                          const int64_t* levels, int64_t total, int pooled_h,
                                          int pooled_w, int sampling_ratio, bool aligned,
                                          T* output) {
@@ -76,7 +77,7 @@ __global__ void roi_align_forward_kernel(Levels<const T*, T> lv, const T* rois,
 }
 
 template <typename T>
-__global__ void roi_align_backward_kernel(Levels<T*, T> lv, const T* rois, const int64_t* levels,
+__global__ void roi_align_backward_kernel(Pyramid<T*, T> lv, const T* rois, const int64_t* levels,
                                           int64_t total, int pooled_h, int pooled_w,
                                           int sampling_ratio, bool aligned, const T* grad_output) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
@@ -111,12 +112,12 @@ __global__ void roi_align_backward_kernel(Levels<T*, T> lv, const T* rois, const
 }
 
 template <typename Ptr, typename T>
-Levels<Ptr, T> make_levels(const std::vector<Ptr>& data, const std::vector<double>& scales,
-                           const std::vector<int64_t>& heights, const std::vector<int64_t>& widths,
-                           int64_t batch_size, int64_t channels) {
+Pyramid<Ptr, T> make_pyramid(const std::vector<Ptr>& data, c10::ArrayRef<double> scales,
+                             at::IntArrayRef heights, at::IntArrayRef widths, int64_t batch_size,
+                             int64_t channels) {
   TORCH_CHECK(data.size() <= static_cast<size_t>(kMaxLevels), "roi_align: at most ", kMaxLevels,
               " feature maps on CUDA, got ", data.size());
-  Levels<Ptr, T> lv{};
+  Pyramid<Ptr, T> lv{};
   for (size_t l = 0; l < data.size(); ++l) {
     lv.data[l] = data[l];
     lv.height[l] = static_cast<int>(heights[l]);
@@ -141,10 +142,11 @@ void check_cuda(const at::Tensor& t, const char* name, const at::Device& device)
 
 }  // namespace
 
-at::Tensor roi_align_forward_cuda(const std::vector<at::Tensor>& features, const at::Tensor& rois,
-                                  const std::optional<at::Tensor>& levels,
-                                  const std::vector<double>& scales, int64_t pooled_height,
-                                  int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
+at::Tensor roi_align_cuda(at::TensorList features, const at::Tensor& rois,
+                          const std::optional<at::Tensor>& levels, c10::ArrayRef<double> scales,
+                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio,
+                          bool aligned) {
+  check_roi_align_forward(features, rois, levels, scales, pooled_height, pooled_width);
   const at::Tensor& first = features.front();
   for (const at::Tensor& f : features) check_cuda(f, "features", first.device());
   check_cuda(rois, "rois", first.device());
@@ -165,8 +167,8 @@ at::Tensor roi_align_forward_cuda(const std::vector<at::Tensor>& features, const
   AT_DISPATCH_FLOATING_TYPES(first.scalar_type(), "roi_align_forward_cuda", [&] {
     std::vector<const scalar_t*> data;
     for (const at::Tensor& f : features) data.push_back(f.data_ptr<scalar_t>());
-    const auto lv = make_levels<const scalar_t*, scalar_t>(data, scales, heights, widths,
-                                                           first.size(0), first.size(1));
+    const auto lv = make_pyramid<const scalar_t*, scalar_t>(data, scales, heights, widths,
+                                                            first.size(0), first.size(1));
     roi_align_forward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
         lv, rois.data_ptr<scalar_t>(), level_ptr, total, static_cast<int>(pooled_height),
         static_cast<int>(pooled_width), static_cast<int>(sampling_ratio), aligned,
@@ -176,10 +178,15 @@ at::Tensor roi_align_forward_cuda(const std::vector<at::Tensor>& features, const
   return output;
 }
 
-std::vector<at::Tensor> roi_align_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& rois, const std::optional<at::Tensor>& levels,
-    const std::vector<double>& scales, int64_t batch_size, const std::vector<int64_t>& heights,
-    const std::vector<int64_t>& widths, int64_t sampling_ratio, bool aligned) {
+std::vector<at::Tensor> roi_align_backward_cuda(const at::Tensor& grad_output,
+                                                const at::Tensor& rois,
+                                                const std::optional<at::Tensor>& levels,
+                                                c10::ArrayRef<double> scales, int64_t batch_size,
+                                                at::IntArrayRef heights, at::IntArrayRef widths,
+                                                int64_t sampling_ratio, bool aligned) {
+  check_roi_align_backward(grad_output, rois, levels, scales, batch_size, heights, widths);
+  // atomicAdd makes the summation order (and the last bits) vary from run to run.
+  at::globalContext().alertNotDeterministic("roi_align_backward_cuda");
   check_cuda(rois, "rois", grad_output.device());
   if (levels.has_value()) check_cuda(*levels, "levels", grad_output.device());
   const c10::cuda::CUDAGuard guard(grad_output.device());
@@ -197,7 +204,7 @@ std::vector<at::Tensor> roi_align_backward_cuda(
     std::vector<scalar_t*> data;
     for (at::Tensor& g : grads) data.push_back(g.data_ptr<scalar_t>());
     const auto lv =
-        make_levels<scalar_t*, scalar_t>(data, scales, heights, widths, batch_size, channels);
+        make_pyramid<scalar_t*, scalar_t>(data, scales, heights, widths, batch_size, channels);
     roi_align_backward_kernel<scalar_t><<<num_blocks(total), kThreads, 0, stream>>>(
         lv, rois.data_ptr<scalar_t>(), level_ptr, total, static_cast<int>(grad_output.size(2)),
         static_cast<int>(grad_output.size(3)), static_cast<int>(sampling_ratio), aligned,
@@ -205,6 +212,11 @@ std::vector<at::Tensor> roi_align_backward_cuda(
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grads;
+}
+
+TORCH_LIBRARY_IMPL(harness, CUDA, m) {
+  m.impl("roi_align", &roi_align_cuda);
+  m.impl("roi_align_backward", &roi_align_backward_cuda);
 }
 
 }  // namespace harness::detail

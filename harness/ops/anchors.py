@@ -11,26 +11,19 @@ they are cast to float32 and shifted by (x * stride, y * stride) over the featur
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from harness import extension
+from harness.ops._checks import is_int as _is_int
+from harness.ops._checks import is_real as _is_real
+from harness.ops._library import library
 
 __all__ = ["anchor_visibility", "generate_anchors", "generate_anchors_reference"]
 
 MAX_LEVELS = 8
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_args(
@@ -105,7 +98,9 @@ def generate_anchors(
     """
     levels, strides_, sizes_, ratios = _check_args(feature_sizes, strides, sizes, aspect_ratios)
     target = torch.device("cpu" if device is None else device)
-    return extension.load().generate_anchors(levels, strides_, sizes_, ratios, target)
+    flat_sizes = [v for hw in levels for v in hw]
+    anchors = library().generate_anchors(flat_sizes, strides_, sizes_, ratios, target)
+    return list(anchors.split([h * w * len(ratios) for h, w in levels]))
 
 
 def _legacy_cell_anchors(stride: int, size: float, aspect_ratios: list[float]) -> np.ndarray:

@@ -4,9 +4,8 @@ Boxes are (x1, y1, x2, y2) in pixels with inclusive widths (x2 - x1 + 1); deltas
 (dx, dy, dw, dh) = (wx * dctr_x / w, wy * dctr_y / h, ww * log(w' / w), wh * log(h' / h)).
 
 Gradients: the training step needs none (encode makes targets, decode runs on detached
-predictions), so the kernels have no backward. When autograd is recording and an input requires
-grad, the functions run the pure-PyTorch reference instead, so a loss on decoded boxes (e.g. GIoU)
-still gets correct gradients rather than an error or a silent zero.
+predictions), but a loss on decoded boxes (e.g. GIoU) would: the ops register analytic backward
+formulas (the derivative of the reference's arithmetic, checked against its autograd in the tests).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from harness import extension
+from harness.ops._library import library, on_load
 
 __all__ = [
     "DEFAULT_BBOX_XFORM_CLIP",
@@ -62,10 +61,6 @@ def _check_pair(
         )
 
 
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def encode_boxes(reference_boxes: Tensor, proposals: Tensor, weights: Sequence[float]) -> Tensor:
     """Deltas that move each proposal onto its reference box (the regression targets).
 
@@ -83,10 +78,7 @@ def encode_boxes(reference_boxes: Tensor, proposals: Tensor, weights: Sequence[f
             f"proposals must have the dtype of reference_boxes ({reference_boxes.dtype}), "
             f"got {proposals.dtype}"
         )
-    w = _check_weights(weights)
-    if _needs_grad(reference_boxes, proposals):
-        return encode_boxes_reference(reference_boxes, proposals, w)
-    return extension.load().encode_boxes(reference_boxes, proposals, w)
+    return library().encode_boxes(reference_boxes, proposals, _check_weights(weights))
 
 
 def decode_boxes(
@@ -116,9 +108,81 @@ def decode_boxes(
         )
     if math.isnan(bbox_xform_clip):
         raise ValueError("bbox_xform_clip must not be NaN")
-    if _needs_grad(deltas, boxes):
-        return decode_boxes_reference(deltas, boxes, w, bbox_xform_clip)
-    return extension.load().decode_boxes(deltas, boxes.to(deltas.dtype), w, float(bbox_xform_clip))
+    return library().decode_boxes(deltas, boxes.to(deltas.dtype), w, float(bbox_xform_clip))
+
+
+def _widths_centres(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    widths = boxes[:, 2] - boxes[:, 0] + 1
+    heights = boxes[:, 3] - boxes[:, 1] + 1
+    return widths, heights, boxes[:, 0] + 0.5 * widths, boxes[:, 1] + 0.5 * heights
+
+
+def _box_grad(g_w: Tensor, g_h: Tensor, g_cx: Tensor, g_cy: Tensor) -> Tensor:
+    """Gradient [N, 4] of a box given those of its width, height and centre: w = x2 - x1 + 1,
+    cx = x1 + 0.5 * w = 0.5 * (x1 + x2 + 1)."""
+    return torch.stack((0.5 * g_cx - g_w, 0.5 * g_cy - g_h, 0.5 * g_cx + g_w, 0.5 * g_cy + g_h), 1)
+
+
+def _setup_encode(ctx, inputs, output) -> None:
+    reference_boxes, proposals, weights = inputs
+    ctx.save_for_backward(reference_boxes, proposals)
+    ctx.weights = weights
+
+
+def _encode_grad(ctx, grad: Tensor):
+    reference_boxes, proposals = ctx.saved_tensors
+    wx, wy, ww, wh = ctx.weights
+    ex_w, ex_h, ex_cx, ex_cy = _widths_centres(proposals)
+    gt_w, gt_h, gt_cx, gt_cy = _widths_centres(reference_boxes)
+    gdx, gdy, gdw, gdh = grad.unbind(1)
+    # dx = wx * (gt_cx - ex_cx) / ex_w, dw = ww * log(gt_w / ex_w), and likewise in y.
+    g_gt_cx, g_gt_cy = wx * gdx / ex_w, wy * gdy / ex_h
+    g_gt_w, g_gt_h = ww * gdw / gt_w, wh * gdh / gt_h
+    g_ex_w = -wx * gdx * (gt_cx - ex_cx) / (ex_w * ex_w) - ww * gdw / ex_w
+    g_ex_h = -wy * gdy * (gt_cy - ex_cy) / (ex_h * ex_h) - wh * gdh / ex_h
+    g_reference = _box_grad(g_gt_w, g_gt_h, g_gt_cx, g_gt_cy)
+    g_proposals = _box_grad(g_ex_w, g_ex_h, -g_gt_cx, -g_gt_cy)
+    return g_reference, g_proposals, None
+
+
+def _setup_decode(ctx, inputs, output) -> None:
+    deltas, boxes, weights, bbox_xform_clip = inputs
+    ctx.save_for_backward(deltas, boxes)
+    ctx.config = (weights, bbox_xform_clip)
+
+
+def _decode_grad(ctx, grad: Tensor):
+    deltas, boxes = ctx.saved_tensors
+    (wx, wy, ww, wh), clip = ctx.config
+    widths, heights, _, _ = _widths_centres(boxes)
+    w, h = widths[:, None], heights[:, None]
+    dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy
+    dw_raw, dh_raw = deltas[:, 2::4] / ww, deltas[:, 3::4] / wh
+    exp_w, exp_h = torch.exp(dw_raw.clamp(max=clip)), torch.exp(dh_raw.clamp(max=clip))
+    g1, g2, g3, g4 = grad[:, 0::4], grad[:, 1::4], grad[:, 2::4], grad[:, 3::4]
+    # x1 = cx' - pw / 2, x2 = cx' + pw / 2 - 1 with cx' = dx * w + cx and pw = exp(dw) * w.
+    g_pcx, g_pcy = g1 + g3, g2 + g4
+    g_pw, g_ph = 0.5 * (g3 - g1), 0.5 * (g4 - g2)
+    g_deltas = torch.empty_like(deltas)
+    g_deltas[:, 0::4] = g_pcx * w / wx
+    g_deltas[:, 1::4] = g_pcy * h / wy
+    # clamp(max=clip) passes the gradient where dw <= clip, as torch.clamp's backward does.
+    g_deltas[:, 2::4] = torch.where(dw_raw <= clip, g_pw * exp_w * w / ww, 0)
+    g_deltas[:, 3::4] = torch.where(dh_raw <= clip, g_ph * exp_h * h / wh, 0)
+    g_w = (g_pcx * dx + g_pw * exp_w).sum(1)
+    g_h = (g_pcy * dy + g_ph * exp_h).sum(1)
+    g_boxes = _box_grad(g_w, g_h, g_pcx.sum(1), g_pcy.sum(1))
+    return g_deltas, g_boxes, None, None
+
+
+@on_load
+def _register_autograd() -> None:
+    torch.library.register_autograd(
+        "harness::encode_boxes", _encode_grad, setup_context=_setup_encode
+    )
+    torch.library.register_autograd(
+        "harness::decode_boxes", _decode_grad, setup_context=_setup_decode
+    )
 
 
 def encode_boxes_reference(

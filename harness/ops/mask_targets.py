@@ -23,8 +23,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
-from harness import extension
 from harness.data.batch import Polygons
+from harness.ops._library import debug_checks, library, on_load
 
 # Coordinates beyond this (pixels) are rejected: with mask_size <= MAX_MASK_SIZE, rleFrPoly's
 # fine-grid integers stay within 5 * 2e5 * 512 < 2^30, so their differences fit in int32.
@@ -41,10 +41,14 @@ def _check_tensor(name: str, value: object, dtype: torch.dtype, shape: str, ok: 
         raise ValueError(f"{name} must be {shape}, got shape {tuple(value.shape)}")
 
 
-def _check_arguments(polygons: Polygons, rois: Tensor, roi_objects: Tensor, mask_size: int) -> None:
+def _check_arguments(
+    polygons: Polygons, rois: Tensor, roi_objects: Tensor, mask_size: int, values: bool
+) -> None:
     """Raise TypeError/ValueError naming the argument for anything the kernels cannot take.
 
-    All value checks reduce to one boolean vector, so a CUDA call synchronizes once.
+    Types, shapes and devices always; with `values`, also the offsets, indices and coordinate
+    bounds, which read the data: all reduce to one boolean vector, so a CUDA call synchronizes
+    once. Without them the kernels still stay in bounds (csrc/mask_targets/mask_targets.h).
     """
     if not isinstance(polygons, Polygons):
         raise TypeError(f"polygons must be a harness.data.batch.Polygons, got {type(polygons)}")
@@ -97,6 +101,8 @@ def _check_arguments(polygons: Polygons, rois: Tensor, roi_objects: Tensor, mask
     ):
         if t.device != rois.device:
             raise ValueError(f"{name} is on {t.device} but rois are on {rois.device}")
+    if not values:
+        return
 
     num_vertices, num_polys = vertices.shape[0], poly_offsets.numel() - 1
     num_objects = obj_offsets.numel() - 1
@@ -136,6 +142,16 @@ def _check_arguments(polygons: Polygons, rois: Tensor, roi_objects: Tensor, mask
     raise ValueError(f"rois must be finite with |value| <= {MAX_ABS_COORDINATE:g}")
 
 
+@on_load
+def _register_autograd() -> None:
+    # The targets are piecewise constant in the ROI and polygon coordinates: zero gradient almost
+    # everywhere (registered so autograd does not treat the op as untracked).
+    torch.library.register_autograd(
+        "harness::mask_targets",
+        lambda ctx, grad: (None, None, None, None, None, None),
+    )
+
+
 def mask_targets(
     polygons: Polygons, rois: Tensor, roi_objects: Tensor, mask_size: int = 28
 ) -> Tensor:
@@ -149,10 +165,11 @@ def mask_targets(
     mask_size:   M, in [1, 512]
     Returns Tensor[K, M, M] float32 of 0/1 indexed [k, y, x] on the rois' device, equal to the MLPerf
     reference (module docstring) for every ROI; an object without polygons gives zeros.
-    All tensors share one device; coordinates must be finite with |value| <= 1e5.
+    All tensors share one device; coordinates must be finite with |value| <= 1e5 (checked, like
+    the offsets and indices, in debug mode: harness.ops.set_debug).
     """
-    _check_arguments(polygons, rois, roi_objects, mask_size)
-    return extension.load().mask_targets(
+    _check_arguments(polygons, rois, roi_objects, mask_size, values=debug_checks())
+    return library().mask_targets(
         polygons.vertices.contiguous(),
         polygons.poly_offsets.contiguous(),
         polygons.obj_offsets.contiguous(),
@@ -187,7 +204,7 @@ def mask_targets_reference(
     polygons: Polygons, rois: Tensor, roi_objects: Tensor, mask_size: int = 28
 ) -> Tensor:
     """The reference's per-ROI Python/pycocotools path; same contract as `mask_targets`."""
-    _check_arguments(polygons, rois, roi_objects, mask_size)
+    _check_arguments(polygons, rois, roi_objects, mask_size, values=True)
     vertices = polygons.vertices.cpu()
     poly_offsets = polygons.poly_offsets.tolist()
     obj_offsets = polygons.obj_offsets.tolist()

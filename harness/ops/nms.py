@@ -5,6 +5,14 @@ decreasing score order; tied scores are ordered as torchvision orders them (a st
 decreasing score on the CPU, so the lower index first), and the kept set is exactly
 torchvision.ops.nms / batched_nms's: the IoU is computed in the boxes' dtype in torchvision's
 operation order and compared with the threshold in float64.
+
+legacy=True is the MLPerf reference's NMS (maskrcnn-benchmark csrc/cuda/nms.cu, devIoU): widths
+and heights x2 - x1 + 1, the IoU compared in float32 with the threshold rounded to float32
+(`iou > threshold`, as its CUDA kernel; its CPU kernel uses >=, but the reference trains on GPUs).
+
+`nms` / `batched_nms` return the kept indices, whose count depends on the data: on CUDA that
+count is read by the host (a sync). `nms_mask` / `batched_nms_mask` return a fixed-size bool mask
+in input order instead and never wait for the device (sync-free training steps).
 """
 
 from __future__ import annotations
@@ -15,9 +23,17 @@ import numbers
 import torch
 from torch import Tensor
 
-from harness import extension
+from harness.ops._library import debug_checks, library
+from harness.ops.boxes import box_iou
 
-__all__ = ["batched_nms", "batched_nms_reference", "nms", "nms_reference"]
+__all__ = [
+    "batched_nms",
+    "batched_nms_mask",
+    "batched_nms_reference",
+    "nms",
+    "nms_mask",
+    "nms_reference",
+]
 
 
 def _check_threshold(iou_threshold: float) -> float:
@@ -44,8 +60,9 @@ def _check_boxes_scores(boxes: Tensor, scores: Tensor) -> None:
         raise ValueError(f"scores must have the dtype of boxes ({boxes.dtype}), got {scores.dtype}")
     if scores.device != boxes.device:
         raise ValueError(f"scores is on {scores.device} but boxes is on {boxes.device}")
-    # One host sync for both tests: NaN has no order and no overlap, so no kept set is right.
-    if bool(boxes.isnan().any() | scores.isnan().any()):
+    # NaN has no order and no overlap, so no kept set is right; finding it reads the data (a sync
+    # on CUDA), so only in debug mode. The kernels take NaN without harm (it overlaps nothing).
+    if debug_checks() and bool(boxes.isnan().any() | scores.isnan().any()):
         name = "boxes" if bool(boxes.isnan().any()) else "scores"
         raise ValueError(f"{name} contains NaN")
 
@@ -64,24 +81,33 @@ def _check_idxs(idxs: Tensor, boxes: Tensor) -> Tensor:
     return idxs.long()
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS, equal to torchvision.ops.nms.
+def _check_legacy(legacy: bool) -> bool:
+    if not isinstance(legacy, bool):
+        raise TypeError(f"legacy must be a bool, got {legacy!r}")
+    return legacy
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, legacy: bool = False) -> Tensor:
+    """Greedy NMS, equal to torchvision.ops.nms (legacy=False).
 
     Args:
         boxes: Tensor[N, 4] float32/float64, (x1, y1, x2, y2) in pixels.
         scores: Tensor[N], dtype and device of boxes.
         iou_threshold: boxes overlapping a higher-scored kept box with IoU > iou_threshold are
             dropped.
+        legacy: the MLPerf reference's +1 width/height convention (module docstring).
 
     Returns:
         Tensor[K] int64 indices into boxes of the kept boxes, by decreasing score.
     """
     _check_boxes_scores(boxes, scores)
     threshold = _check_threshold(iou_threshold)
-    return extension.load().nms(boxes, scores, threshold)
+    return library().nms(boxes, scores, None, threshold, _check_legacy(legacy))
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, legacy: bool = False
+) -> Tensor:
     """NMS within each group of boxes sharing an idxs value, equal to torchvision.ops.batched_nms.
 
     One call covers all groups (on the CPU they run in parallel); boxes of different groups never
@@ -92,6 +118,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         scores: Tensor[N], dtype and device of boxes.
         idxs: Tensor[N] integer group of each box (e.g. image * num_levels + level, or class).
         iou_threshold: as in `nms`.
+        legacy: as in `nms`.
 
     Returns:
         Tensor[K] int64 indices into boxes of the kept boxes, by decreasing score.
@@ -99,27 +126,52 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     _check_boxes_scores(boxes, scores)
     idxs = _check_idxs(idxs, boxes)
     threshold = _check_threshold(iou_threshold)
-    return extension.load().batched_nms(boxes, scores, idxs, threshold)
+    return library().nms(boxes, scores, idxs, threshold, _check_legacy(legacy))
 
 
-def _pairwise_iou(boxes: Tensor) -> Tensor:
-    """Tensor[N, N] IoU of boxes[i] (kept) with boxes[j], in torchvision's operation order."""
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    left = torch.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    top = torch.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    right = torch.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    bottom = torch.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = (right - left).clamp(min=0) * (bottom - top).clamp(min=0)
-    return inter / (area[:, None] + area[None, :] - inter)
+def nms_mask(boxes: Tensor, scores: Tensor, iou_threshold: float, legacy: bool = False) -> Tensor:
+    """`nms` as a fixed-size mask: Tensor[N] bool, True for each kept box, in input order.
+
+    The kept set is `nms`'s: `nms_mask(...).nonzero()` equals `nms(...)` sorted. No device-to-host
+    copy on CUDA, so a training step can use it without a sync.
+    """
+    _check_boxes_scores(boxes, scores)
+    threshold = _check_threshold(iou_threshold)
+    return library().nms_mask(boxes, scores, None, threshold, _check_legacy(legacy))
 
 
-def nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms_mask(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, legacy: bool = False
+) -> Tensor:
+    """`batched_nms` as a fixed-size mask: Tensor[N] bool, True for each kept box, in input order.
+
+    Arguments as `batched_nms`; `batched_nms_mask(...).nonzero()` equals `batched_nms(...)` sorted.
+    No device-to-host copy on CUDA.
+    """
+    _check_boxes_scores(boxes, scores)
+    idxs = _check_idxs(idxs, boxes)
+    threshold = _check_threshold(iou_threshold)
+    return library().nms_mask(boxes, scores, idxs, threshold, _check_legacy(legacy))
+
+
+def _overlaps(boxes: Tensor, threshold: float, legacy: bool) -> Tensor:
+    """Tensor[N, N] bool on the CPU: IoU(boxes[i], boxes[j]) > threshold, as the kernels compare."""
+    iou = box_iou(boxes, boxes, legacy)
+    if legacy:
+        # The reference's kernel compares in float with the threshold as a float.
+        return (iou > torch.tensor(threshold, dtype=torch.float32).item()).cpu()
+    # Compared in float64, as torchvision compares its float IoU with the double threshold.
+    return (iou.double() > threshold).cpu()
+
+
+def nms_reference(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, legacy: bool = False
+) -> Tensor:
     """Pure-PyTorch `nms` (the test oracle): O(N^2) memory, one Python step per box."""
     _check_boxes_scores(boxes, scores)
     threshold = _check_threshold(iou_threshold)
     order = scores.sort(descending=True, stable=True).indices
-    # Compared in float64, as torchvision compares its float IoU with the double threshold.
-    overlaps = (_pairwise_iou(boxes[order]).double() > threshold).cpu()
+    overlaps = _overlaps(boxes[order], threshold, _check_legacy(legacy))
     removed = torch.zeros(len(order), dtype=torch.bool)
     kept = []
     for i in range(len(order)):
@@ -130,7 +182,7 @@ def nms_reference(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor
 
 
 def batched_nms_reference(
-    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, legacy: bool = False
 ) -> Tensor:
     """Pure-PyTorch `batched_nms`: `nms_reference` per group, survivors by decreasing score with
     tied scores by increasing index."""
@@ -139,6 +191,7 @@ def batched_nms_reference(
     kept = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
     for group in idxs.unique():
         members = torch.nonzero(idxs == group).squeeze(1)
-        kept[members[nms_reference(boxes[members], scores[members], iou_threshold)]] = True
+        survivors = nms_reference(boxes[members], scores[members], iou_threshold, legacy)
+        kept[members[survivors]] = True
     order = scores.sort(descending=True, stable=True).indices
     return order[kept[order]]

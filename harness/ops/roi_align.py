@@ -26,9 +26,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from harness import extension
+from harness.ops._checks import is_int as _is_int
+from harness.ops._checks import is_real as _is_real
+from harness.ops._library import debug_checks, library, on_load
 
 # maskrcnn-benchmark's LevelMapper adds this inside the log2 so boxes exactly at a level boundary
 # land on the upper level despite float rounding.
@@ -36,14 +37,6 @@ LEVEL_EPS = 1e-6
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _output_size(output_size: int | Sequence[int]) -> tuple[int, int]:
@@ -106,11 +99,12 @@ def _check_rois_shape(rois: object) -> Tensor:
 
 
 def _check_rois(rois: object, feature: Tensor) -> Tensor:
-    """Shape, device and values: the kernels stay in bounds on bad values, but would pool zeros."""
+    """Shape and device always; values (which read the data, a sync on CUDA) in debug mode only.
+    The kernels stay in bounds on bad values: such a ROI pools zeros and gets no gradient."""
     rois = _check_rois_shape(rois)
     if rois.device != feature.device:
         raise ValueError(f"rois are on {rois.device} but the features on {feature.device}")
-    if rois.shape[0] == 0:
+    if rois.shape[0] == 0 or not debug_checks():
         return rois
     batch_index = rois[:, 0]
     finite = torch.isfinite(rois).all()
@@ -181,36 +175,66 @@ def fpn_levels(
     return level.clamp(k_min, k_max).to(torch.int64) - k_min
 
 
-class _RoIAlignFunction(torch.autograd.Function):
-    """The kernels for one or many levels; gradients for the feature maps only."""
+def _setup_roi_align(ctx, inputs, output) -> None:
+    features, rois, levels, scales, _, _, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois, levels)
+    ctx.config = (scales, sampling_ratio, aligned, features[0].shape[0])
+    ctx.sizes = ([f.shape[2] for f in features], [f.shape[3] for f in features])
 
-    @staticmethod
-    def forward(ctx, rois, levels, scales, output_size, sampling_ratio, aligned, *features):
-        ctx.save_for_backward(rois, levels)
-        ctx.config = (scales, sampling_ratio, aligned, features[0].shape[0])
-        ctx.sizes = ([f.shape[2] for f in features], [f.shape[3] for f in features])
-        return extension.load().roi_align_forward(
-            list(features), rois, levels, scales, *output_size, sampling_ratio, aligned
-        )
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        rois, levels = ctx.saved_tensors
-        scales, sampling_ratio, aligned, batch_size = ctx.config
-        heights, widths = ctx.sizes
-        grads = extension.load().roi_align_backward(
-            grad_output.contiguous(),
-            rois,
-            levels,
-            scales,
-            batch_size,
-            heights,
-            widths,
-            sampling_ratio,
-            aligned,
-        )
-        return (None, None, None, None, None, None, *grads)
+def _roi_align_grad(ctx, grad_output):
+    """Gradients of the feature maps only (none for the ROIs, as in the peers)."""
+    rois, levels = ctx.saved_tensors
+    scales, sampling_ratio, aligned, batch_size = ctx.config
+    heights, widths = ctx.sizes
+    grads = library().roi_align_backward(
+        grad_output.contiguous(),
+        rois,
+        levels,
+        scales,
+        batch_size,
+        heights,
+        widths,
+        sampling_ratio,
+        aligned,
+    )
+    return list(grads), None, None, None, None, None, None, None
+
+
+def _setup_roi_align_backward(ctx, inputs, output) -> None:
+    grad_output, rois, levels, scales, _, _, _, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois, levels)
+    ctx.config = (scales, sampling_ratio, aligned, grad_output.shape[2], grad_output.shape[3])
+
+
+def _roi_align_backward_grad(ctx, grad_grads):
+    """The backward is linear in grad_output, and its adjoint is the forward: pooling the incoming
+    gradients of the feature maps gives the gradient of grad_output (double backward)."""
+    rois, levels = ctx.saved_tensors
+    scales, sampling_ratio, aligned, pooled_h, pooled_w = ctx.config
+    pooled = library().roi_align(
+        [g.contiguous() for g in grad_grads],
+        rois,
+        levels,
+        scales,
+        pooled_h,
+        pooled_w,
+        sampling_ratio,
+        aligned,
+    )
+    return pooled, None, None, None, None, None, None, None, None
+
+
+@on_load
+def _register_autograd() -> None:
+    torch.library.register_autograd(
+        "harness::roi_align", _roi_align_grad, setup_context=_setup_roi_align
+    )
+    torch.library.register_autograd(
+        "harness::roi_align_backward",
+        _roi_align_backward_grad,
+        setup_context=_setup_roi_align_backward,
+    )
 
 
 def _pool(
@@ -228,14 +252,14 @@ def _pool(
     # weighted taps, the backward accumulates many ROIs into one pixel, and half-precision atomics
     # are slow on GPUs; the op is bound by memory gathers, so float32 arithmetic costs little.
     compute = dtype if dtype in _KERNEL_DTYPES else torch.float32
-    pooled = _RoIAlignFunction.apply(
+    pooled = library().roi_align(
+        [f.to(compute).contiguous() for f in features],
         rois.detach().to(compute).contiguous(),
         levels,
         scales,
-        output_size,
+        *output_size,
         sampling_ratio,
         aligned,
-        *(f.to(compute).contiguous() for f in features),
     )
     return pooled.to(dtype)
 

@@ -102,12 +102,24 @@ def test_empty():
     assert decode_boxes(torch.zeros(0, 8), torch.zeros(0, 4), BOX_HEAD).shape == (0, 8)
 
 
-def test_gradients_flow_through_reference_path():
-    proposals = random_boxes(6, torch.float64, 6)
+def test_gradients_match_reference_autograd():
+    proposals = random_boxes(6, torch.float64, 6).requires_grad_()
     gt = random_boxes(6, torch.float64, 7).requires_grad_()
     deltas = (torch.randn(6, 8, dtype=torch.float64) * 0.5).requires_grad_()
-    assert torch.autograd.gradcheck(lambda d: decode_boxes(d, proposals, BOX_HEAD), (deltas,))
-    assert torch.autograd.gradcheck(lambda g: encode_boxes(g, proposals, BOX_HEAD), (gt,))
+    # One delta above the clip: no gradient flows through the clamped dw.
+    with torch.no_grad():
+        deltas[0, 2] = 9.0
+    assert torch.autograd.gradcheck(lambda d, b: decode_boxes(d, b, BOX_HEAD), (deltas, proposals))
+    assert torch.autograd.gradcheck(lambda g, p: encode_boxes(g, p, BOX_HEAD), (gt, proposals))
+    for ours, ref, inputs in (
+        (decode_boxes, decode_boxes_reference, (deltas, proposals)),
+        (encode_boxes, encode_boxes_reference, (gt, proposals)),
+    ):
+        grad = torch.randn_like(ours(*inputs, BOX_HEAD))
+        expected = torch.autograd.grad(ref(*inputs, BOX_HEAD), inputs, grad)
+        got = torch.autograd.grad(ours(*inputs, BOX_HEAD), inputs, grad)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,19 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.ops import batched_nms, batched_nms_reference, nms, nms_reference
+from harness import extension
+from harness.ops import (
+    batched_nms,
+    batched_nms_mask,
+    batched_nms_reference,
+    library,
+    nms,
+    nms_mask,
+    nms_reference,
+    set_debug,
+)
 from tests.conftest import devices
+from tests.ops.test_library import opcheck
 
 
 def rpn_like(n: int, seed: int, dtype=torch.float32, ties: bool = False):
@@ -205,11 +216,164 @@ def test_fuzz_arguments_raise_or_work(n, width, score_n, box_dtype, score_dtype,
         assert kept.dtype == torch.int64 and kept.numel() <= n
 
 
+def tie_free(n: int, seed: int, dtype=torch.float32):
+    """rpn_like boxes with distinct scores: float32 rand() ties often at thousands of boxes, and
+    tied scores may be ordered differently by the CPU and CUDA sorts."""
+    boxes, _ = rpn_like(n, seed, dtype)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return boxes, (perm.to(dtype) + 1) / (n + 1)
+
+
 @pytest.mark.cuda
 def test_cuda_matches_cpu():
     for seed in range(8):
-        boxes, scores = rpn_like(3000, seed)
+        boxes, scores = tie_free(3000, seed)
+        assert len(scores.unique()) == len(scores)
         idxs = torch.randint(0, 10, (3000,), generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(nms(boxes.cuda(), scores.cuda(), 0.7).cpu(), nms(boxes, scores, 0.7))
-        gpu = batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.7).cpu()
-        assert torch.equal(gpu, batched_nms(boxes, scores, idxs, 0.7))
+        for legacy in (False, True):
+            cpu = nms(boxes, scores, 0.7, legacy)
+            assert torch.equal(nms(boxes.cuda(), scores.cuda(), 0.7, legacy).cpu(), cpu)
+            gpu = batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.7, legacy).cpu()
+            assert torch.equal(gpu, batched_nms(boxes, scores, idxs, 0.7, legacy))
+            mask = batched_nms_mask(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.7, legacy)
+            assert torch.equal(mask.cpu(), batched_nms_mask(boxes, scores, idxs, 0.7, legacy))
+
+
+@pytest.mark.cuda
+def test_cuda_nms_mask_does_not_sync():
+    boxes, scores = tie_free(4000, 0)
+    boxes, scores = boxes.cuda(), scores.cuda()
+    idxs = torch.randint(0, 12, (4000,), device="cuda")
+    set_debug(False)  # the value checks sync by design
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        nms_mask(boxes, scores, 0.7)
+        batched_nms_mask(boxes, scores, idxs, 0.7, legacy=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("legacy", [False, True])
+def test_mask_equals_sorted_keep(device, legacy):
+    for seed in range(6):
+        n = [0, 1, 63, 64, 65, 700][seed]
+        boxes, scores = rpn_like(n, seed, ties=seed % 2 == 0)
+        boxes, scores = boxes.to(device), scores.to(device)
+        idxs = torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(seed)).to(device)
+        mask = nms_mask(boxes, scores, 0.6, legacy)
+        assert mask.dtype == torch.bool and mask.shape == (n,)
+        keep = nms(boxes, scores, 0.6, legacy)
+        assert torch.equal(mask.nonzero().squeeze(1), keep.sort().values)
+        mask = batched_nms_mask(boxes, scores, idxs, 0.6, legacy)
+        keep = batched_nms(boxes, scores, idxs, 0.6, legacy)
+        assert torch.equal(mask.nonzero().squeeze(1), keep.sort().values)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_legacy_matches_reference(device, dtype):
+    for seed in range(8):
+        n = [2, 30, 64, 65, 300, 129, 7, 200][seed]
+        boxes, scores = rpn_like(n, seed, dtype, ties=seed % 3 == 0)
+        # Integer-ish corners, as the reference's boxes often are: many exact +1 overlaps.
+        boxes = boxes.round() if seed % 2 else boxes
+        boxes, scores = boxes.to(device), scores.to(device)
+        for threshold in (0.3, 0.5, 0.7):
+            expected = nms_reference(boxes, scores, threshold, legacy=True)
+            assert torch.equal(nms(boxes, scores, threshold, legacy=True), expected)
+            idxs = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))
+            idxs = idxs.to(device)
+            assert torch.equal(
+                batched_nms(boxes, scores, idxs, threshold, legacy=True),
+                batched_nms_reference(boxes, scores, idxs, threshold, legacy=True),
+            )
+
+
+def test_legacy_golden_tiny():
+    boxes = torch.tensor([[0, 0, 9, 9], [1, 1, 10, 10.0]])
+    scores = torch.tensor([0.9, 0.8])
+    # +1 widths: IoU = 9 * 9 / (100 + 100 - 81) = 0.681; torchvision's: 8 * 8 / (81 + 81 - 64) = 0.653.
+    assert nms(boxes, scores, 0.66, legacy=True).tolist() == [0]
+    assert nms(boxes, scores, 0.66).tolist() == [0, 1]
+    # 1-pixel-high boxes sharing one column: IoU 1 / (2 + 2 - 1) = 1/3 only with +1 widths; the
+    # reference compares its float IoU with float(1/3) (equal: kept), torchvision in float64.
+    line = torch.tensor([[0, 0, 1, 0], [1, 0, 2, 0.0]])
+    assert nms(line, scores, 1 / 3, legacy=True).tolist() == [0, 1]
+    assert nms(line, scores, 0.33, legacy=True).tolist() == [0]
+    assert nms(line, scores, 0.0).tolist() == [0, 1]  # no +1: the boxes are empty
+
+
+def test_bitmask_emulation_matches_cpu_kernel():
+    """The CUDA kernels' arithmetic (csrc/common/nms_bitmask.h) run serially on the host: the
+    row blocks' column words and the per-group reduction give the CPU kernel's kept set, and the
+    reduction never reads a mask word the mask kernel did not write (the hook raises if it does)."""
+    ext = extension.load()
+    for seed in range(8):
+        n = [1, 64, 65, 300, 1000, 129, 500, 2000][seed]
+        groups = [1, 1, 3, 7, 40, 2, 500, 6][seed]
+        boxes, scores = tie_free(n, seed)
+        idxs = torch.randint(0, groups, (n,), generator=torch.Generator().manual_seed(seed))
+        order = scores.sort(descending=True, stable=True).indices
+        by_group = idxs[order].sort(stable=True).indices
+        sorted_idx = order[by_group]
+        for legacy in (False, True):
+            keep = ext._nms_bitmask_emulation(boxes[sorted_idx], idxs[sorted_idx], 0.6, legacy)
+            expected = batched_nms_mask(boxes, scores, idxs, 0.6, legacy)
+            assert torch.equal(keep, expected[sorted_idx]), (seed, legacy)
+            single = ext._nms_bitmask_emulation(boxes[order], None, 0.6, legacy)
+            assert torch.equal(single, nms_mask(boxes, scores, 0.6, legacy)[order])
+
+
+def test_batched_column_words_stay_within_groups():
+    """Each 64-row block of the CUDA batched NMS computes only the words up to its last group's
+    end: at the DGX-1 batch (6 images x 5 levels, ~53k boxes) a few percent of the full square
+    the kernel computed before."""
+    ext = extension.load()
+    for sizes in ([2000, 2000, 2000, 2000, 1000] * 6, [1, 63, 64, 65, 300, 1], [5000]):
+        groups = torch.cat([torch.full((s,), g) for g, s in enumerate(sizes)])
+        n = len(groups)
+        words = ext._nms_column_words(groups)
+        ends = torch.tensor(sizes).cumsum(0)
+        for block, (begin, end) in enumerate(words.tolist()):
+            last_row = min(n, 64 * (block + 1)) - 1
+            group_end = int(ends[groups[last_row]])
+            assert begin == block and end == (group_end + 63) // 64, (block, begin, end)
+        computed = int((words[:, 1] - words[:, 0]).sum())
+        square = len(words) * (len(words) + 1) // 2
+        if len(sizes) == 30:
+            assert computed < 0.05 * square, (computed, square)
+    with pytest.raises(RuntimeError, match="non-decreasing"):
+        ext._nms_column_words(torch.tensor([1, 0]))
+
+
+def test_nan_without_debug_checks_stays_in_bounds():
+    set_debug(False)
+    boxes, scores = rpn_like(200, 0)
+    boxes[::7] = float("nan")
+    scores[::5] = float("nan")
+    idxs = torch.randint(0, 4, (200,))
+    assert nms(boxes, scores, 0.5).numel() <= 200
+    assert batched_nms_mask(boxes, scores, idxs, 0.5).shape == (200,)
+
+
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("device", devices())
+def test_opcheck(device, full):
+    boxes, scores = tie_free(150, 1)
+    boxes, scores = boxes.to(device), scores.to(device)
+    idxs = torch.randint(0, 4, (150,)).to(device)
+    for op in (library().nms, library().nms_mask):
+        for args in ((boxes, scores, None, 0.5, False), (boxes, scores, idxs, 0.7, True)):
+            opcheck(op.default, args, full)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_computes_in_float32(dtype):
+    boxes, scores = tie_free(300, 2)
+    idxs = torch.randint(0, 3, (300,))
+    with torch.autocast("cpu", dtype=dtype):
+        mask = library().nms_mask(boxes.to(dtype), scores.to(dtype), idxs, 0.6)
+    expected = batched_nms_mask(boxes.to(dtype).float(), scores.to(dtype).float(), idxs, 0.6)
+    assert torch.equal(mask, expected)
