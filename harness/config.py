@@ -62,6 +62,9 @@ class RPNConfig:
     post_nms_top_n_train: int = 2000  # num_image_candidates: over the whole per-GPU batch
     post_nms_top_n_test: int = 1000  # per image
     nms_thresh: float = 0.7
+    # NMS counting box widths with +1 (x2 - x1 + 1), the MLPerf reference's (maskrcnn-benchmark's)
+    # convention; the MLPerf configs set it, the closed-division guard requires it
+    nms_legacy: bool = False
     min_size: float = 0.0
     smooth_l1_beta: float = 1.0 / 9.0
 
@@ -83,6 +86,7 @@ class ROIHeadsConfig:
     mask_norm: Literal["", "gn"] = ""
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
+    nms_legacy: bool = False  # as model.rpn.nms_legacy, for the per-class NMS at test time
     detections_per_img: int = 100
     mask_threshold: float = 0.5
     box_smooth_l1_beta: float = 1.0

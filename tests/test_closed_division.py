@@ -74,6 +74,8 @@ DEVIATIONS = [
     ("model.rpn.fg_iou_thresh=0.6", "model.rpn.fg_iou_thresh=0.6"),
     ("model.rpn.pre_nms_top_n_train=1000", "model.rpn.pre_nms_top_n_train=1000"),
     ("model.rpn.nms_thresh=0.6", "model.rpn.nms_thresh=0.6"),
+    ("model.rpn.nms_legacy=false", "model.rpn.nms_legacy=False"),
+    ("model.roi_heads.nms_legacy=false", "model.roi_heads.nms_legacy=False"),
     ("model.rpn.post_nms_top_n_test=300", "model.rpn.post_nms_top_n_test=300"),
     ("model.roi_heads.batch_size_per_image=256", "model.roi_heads.batch_size_per_image=256"),
     ("model.roi_heads.mask_resolution=14", "model.roi_heads.mask_resolution=14"),

@@ -264,7 +264,11 @@ class ROIHeads(nn.Module):
         cand_scores = probs[cand_roi, cand_cls]
         cand_image = image_idx[cand_roi]
         keep = ops.batched_nms(
-            cand_boxes, cand_scores, cand_image * num_classes + cand_cls, cfg.nms_thresh
+            cand_boxes,
+            cand_scores,
+            cand_image * num_classes + cand_cls,
+            cfg.nms_thresh,
+            legacy=cfg.nms_legacy,
         )
         keep = keep[rank_within_group(cand_image[keep]) < cfg.detections_per_img]
         keep = keep[torch.argsort(cand_image[keep], stable=True)]

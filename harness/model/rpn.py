@@ -265,8 +265,12 @@ class RPN(nn.Module):
             big = torch.ones_like(scores, dtype=torch.bool)
         # Boxes below min_size get a group of their own: they suppress nothing and are dropped.
         groups = torch.where(big, groups, batch * num_levels)
-        keep = batched_nms_mask(
-            boxes.reshape(-1, 4), scores.reshape(-1), groups.reshape(-1), cfg.nms_thresh
+        keep = ops.batched_nms_mask(
+            boxes.reshape(-1, 4),
+            scores.reshape(-1),
+            groups.reshape(-1),
+            cfg.nms_thresh,
+            legacy=cfg.nms_legacy,
         )
         keep = keep.view(batch, -1) & big
         ranked = torch.where(keep, scores, float("-inf"))
@@ -298,11 +302,3 @@ def sizes_tensor(image_sizes: list[tuple[int, int]], device: torch.device) -> Te
     """(h, w) host ints -> Tensor[B, 2] int64 on device. non_blocking: a blocking host-to-device
     copy waits for the GPU's queue (a sync); this one is staged from pageable memory at once."""
     return torch.tensor(image_sizes, dtype=torch.int64).reshape(-1, 2).to(device, non_blocking=True)
-
-
-def batched_nms_mask(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """Which boxes `ops.batched_nms` keeps, as Tensor[N] bool in input order: the fixed-size form of
-    its result (the stand-in for harness.ops.batched_nms_mask, which builds it without the host)."""
-    keep = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-    keep[ops.batched_nms(boxes, scores, idxs, iou_threshold)] = True
-    return keep
