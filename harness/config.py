@@ -1,7 +1,7 @@
 """Typed run configuration: frozen dataclasses loaded from YAML, with overrides `section.key=value`.
 
 Unknown or mistyped keys are errors that name the key and suggest the closest valid one. Defaults are
-the MLPerf reference's (`e2e_mask_rcnn_R_50_FPN_1x`, see shared/MLPERF_REFERENCE.md).
+the MLPerf reference's (`e2e_mask_rcnn_R_50_FPN_1x`, see docs/REFERENCE.md).
 """
 
 from __future__ import annotations
