@@ -46,6 +46,9 @@ def _run(benchmark, root, device: torch.device, loader: str, decode_device: str 
     )
     train = build_train_loader(cfg, Normalization.caffe2(), rank=0, world_size=1, seed=0)
     images = benchmark.pedantic(_epoch, args=(train, device), rounds=3, warmup_rounds=1)
+    assert images == len(train) * cfg.solver.ims_per_batch
+    if benchmark.disabled:  # --benchmark-disable (the test command): one untimed epoch, no stats
+        return
     benchmark.extra_info["images_per_s"] = images / benchmark.stats.stats.median
     benchmark.extra_info["threads"] = THREADS
 

@@ -4,7 +4,7 @@ Everything that can be checked without the data is checked here, at load, in one
 keys, types, choices (`Literal` fields) and values that cannot be meant (a negative learning rate,
 unsorted decay steps, a single class). Each mistake is a ConfigError naming the key; values that
 are legal but unusual (a decay step after max_iter, gamma >= 1) are logged as warnings. Defaults
-are the MLPerf reference's (`e2e_mask_rcnn_R_50_FPN_1x`).
+are the MLPerf reference's (`e2e_mask_rcnn_R_50_FPN_1x`, see docs/REFERENCE.md).
 """
 
 from __future__ import annotations

@@ -102,6 +102,7 @@ _harness_setup() {
   torch_version="$("$PY" -c 'import torch; print(torch.__version__)' 2>>"$_harness_log")" \
     || { _harness_fail "import torch"; return 1; }
   sources="$(cd "$_harness_root" && find csrc setup.py -type f | sort)"
+  # shellcheck disable=SC2086  # $sources holds one repository path per word: split on purpose
   want_ext="$( (cd "$_harness_root" && _harness_hash $sources; echo "$torch_version ${FORCE_CUDA:-auto} ${TORCH_CUDA_ARCH_LIST:-}") | sha256sum | cut -c1-16)"
   if [[ "$(cat "$ext_stamp" 2>/dev/null)" != "$want_ext" ]] || ! compgen -G "$_harness_root/harness/_C*.so" >/dev/null; then
     echo "setup_env: building harness._C (FORCE_CUDA=${FORCE_CUDA:-auto})" >&2

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: sets up the environment (see scripts/setup_env.sh), checks formatting and lint,
-# then runs the whole test suite. Extra arguments go to pytest, e.g. `./scripts/test.sh -m "not slow"`.
+# then runs the whole test suite and each benchmark once, untimed (--benchmark-disable; the root
+# conftest.py says which benchmark files are only collected). Extra arguments go to pytest, e.g.
+# `./scripts/test.sh -m "not slow"`; time the benchmarks with `pytest --benchmark-only` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
@@ -14,7 +16,7 @@ find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' | sort \
   | xargs "$bin/clang-format" --dry-run -Werror
 echo "== pytest"
 set +e
-"$PY" -m pytest "$@"
+"$PY" -m pytest --benchmark-disable "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then

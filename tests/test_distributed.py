@@ -18,6 +18,7 @@ from harness.distributed import (
     broadcast_seed,
     cleanup,
     init_distributed,
+    parameters_in_sync,
 )
 from harness.evaluate import gather_results
 
@@ -69,6 +70,18 @@ def _worker(rank: int, port: int) -> None:
             assert [(r["image_id"], r["score"]) for r in merged] == [(1, 0.9), (2, 0.5), (3, 0.5)]
         else:
             assert merged == []
+
+        # Same seed, same model on both ranks: in sync. Then one element on rank 1 only moves by one
+        # float32 ulp: every rank must see False (the check all-reduces, it does not only compare
+        # on rank 0).
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        assert parameters_in_sync(model) is True
+        if rank == 1:
+            with torch.no_grad():
+                weight = model[1].weight
+                weight[0, 0] = torch.nextafter(weight[0, 0], torch.tensor(1.0))
+        assert parameters_in_sync(model) is False
         barrier()
     finally:
         cleanup()

@@ -248,10 +248,19 @@ def test_copy_sources_exist_and_no_cmd_is_relied_on():
 
 
 def test_extension_is_built_for_volta():
-    env = " ".join(args for keyword, args in dockerfile() if keyword == "ENV")
-    match = re.search(r'TORCH_CUDA_ARCH_LIST="([^"]+)"', env)
-    assert match and match.group(1) == ARCH_LIST
-    assert "7.0" in match.group(1).split(";")
+    """The RUN that builds harness._C (sourcing setup_env.sh) sees FORCE_CUDA=1 and an arch list
+    with 7.0: an ENV step before it sets them and no later step changes them first."""
+    instrs = dockerfile()
+    (build,) = [i for i, (k, args) in enumerate(instrs) if k == "RUN" and "setup_env.sh" in args]
+    env: dict[str, str] = {}
+    for keyword, args in instrs[:build]:
+        if keyword in ("ENV", "ARG"):
+            env.update(item.partition("=")[::2] for item in shlex.split(args))
+    assert env.get("FORCE_CUDA") == "1"
+    archs = env.get("TORCH_CUDA_ARCH_LIST", "").split(";")
+    assert "7.0" in archs and archs == ARCH_LIST.split(";")
+    # Inside the build step itself, nothing may unset or override them.
+    assert not re.search(r"\b(FORCE_CUDA|TORCH_CUDA_ARCH_LIST)=|unset", instrs[build][1])
 
 
 def test_no_secrets_no_latest_and_apt_lists_cleaned():

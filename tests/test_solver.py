@@ -22,7 +22,7 @@ REFERENCE = SolverConfig(
     warmup_iters=500,
     steps=(60000, 80000),
 )
-# NVIDIA's accepted 8xV100 configuration (see shared/MLPERF_REFERENCE.md).
+# NVIDIA's accepted 8xV100 configuration (see docs/REFERENCE.md).
 NVIDIA_V100 = SolverConfig(
     base_lr=0.06,
     warmup_method="mlperf_linear",
