@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The one-script GPU check: on any machine with an NVIDIA GPU and PyTorch, within about 8 minutes,
+# The one-script GPU check: on any machine with an NVIDIA GPU and PyTorch, within about 12 minutes,
 #   1. builds harness._C for the local GPU (TORCH_CUDA_ARCH_LIST from its compute capability),
 #   2. runs the cuda-marked tests,
 #   3. benchmarks the ops on CUDA against torchvision's CUDA ops,
 #   4. measures training throughput (images/s, peak memory) at 800x1333 with AMP, batch 2 and 8 per
 #      GPU, this model vs torchvision's Mask R-CNN (benchmarks/train_throughput.py),
 #   5. measures the DALI GPU loader's images/s (benchmarks/test_loader_bench.py),
+#   6. counts the host syncs of one DGX-1-model training step under set_sync_debug_mode
+#      (benchmarks/sync_count.py), 7. times the backbone + FPN captured as a CUDA graph against
+#      eager, 8. times evaluation post-processing on the GPU (benchmarks/test_eval_bench.py),
 # then writes summary.json + summary.md (and each part's log and JSON) into OUT_DIR and prints the
 # table last. Each part runs under its own time limit; a failing or absent part is recorded and the
 # others still run. Installs nothing: it uses $PY, else .venv/bin/python, else python3.
@@ -103,6 +106,16 @@ else
   not_available loader_bench "benchmarks/test_loader_bench.py is absent or has no --bench-device case"
 fi
 
+# One DGX-1-model step under torch.cuda.set_sync_debug_mode (the count of host syncs per step),
+# the backbone + FPN captured as a CUDA graph against eager (images/s), and COCO-scale evaluation
+# post-processing on the GPU against the old full-size paste.
+run_part sync_count 90 "$py" -c "from benchmarks.sync_count import cuda_sync_count as f
+print('host syncs per step:', f('configs/dgx1_v100x8.yaml', (800, 1333), 2))"
+run_part cuda_graphs 120 "$py" -c "from benchmarks.sync_count import cuda_graph_core_speed as f
+print(f('configs/dgx1_v100x8.yaml', (800, 1333), 2))"
+run_part eval_bench 60 env EVAL_BENCH_IMAGES=200 "$py" -m pytest benchmarks/test_eval_bench.py -q \
+  -p no:cacheprovider --benchmark-only --bench-device cuda --benchmark-json "$out/eval_bench.json"
+
 # Summary: JSON for machines, markdown for people; the table is the last thing printed.
 "$py" - "$out" <<'PY'
 import json, platform, sys
@@ -137,6 +150,7 @@ summary = {
     "parts": parts,
     "ops_bench": bench_medians(out / "ops_bench.json"),
     "loader_bench": bench_medians(out / "loader_bench.json"),
+    "eval_bench": bench_medians(out / "eval_bench.json"),
 }
 throughput = out / "train_throughput.json"
 summary["train_throughput"] = json.loads(throughput.read_text()) if throughput.exists() else None
@@ -146,7 +160,8 @@ lines = [f"# GPU suite: {props.name} (sm_{props.major}{props.minor}), torch {tor
          "| part | status | seconds |", "|---|---|---|"]
 lines += [f"| {p['part']} | {p['status']} | {p['seconds']} |" for p in parts]
 for title, rows in (("Ops (median ms)", summary["ops_bench"]),
-                    ("DALI loader (median ms per batch)", summary["loader_bench"])):
+                    ("DALI loader (median ms per batch)", summary["loader_bench"]),
+                    ("evaluation post-processing (median ms)", summary["eval_bench"])):
     if rows:
         lines += ["", f"| {title} group | benchmark | median ms |", "|---|---|---|"]
         lines += [f"| {g} | {n} | {m:.3f} |" for g, n, m in rows]
