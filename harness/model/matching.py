@@ -13,25 +13,6 @@ BELOW_LOW_THRESHOLD = -1
 BETWEEN_THRESHOLDS = -2
 
 
-def box_area(boxes: Tensor) -> Tensor:
-    """boxes: Tensor[..., 4] (x1, y1, x2, y2) -> areas with the reference's +1 convention."""
-    return (boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU with +1 widths (maskrcnn-benchmark's boxlist_iou), batched over leading dims.
-
-    a: Tensor[..., N, 4], b: Tensor[..., M, 4] -> Tensor[..., N, M]
-    """
-    area_a = box_area(a)
-    area_b = box_area(b)
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = (rb - lt + 1).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter)
-
-
 def match(
     iou: Tensor,
     gt_valid: Tensor,

@@ -18,7 +18,7 @@ from harness import ops
 from harness.config import ROIHeadsConfig
 from harness.data.batch import Polygons
 from harness.model import matching
-from harness.model.matching import box_iou, match, rank_within_group, sample_balanced
+from harness.model.matching import match, rank_within_group, sample_balanced
 
 
 def _conv_norm(cin: int, cout: int, norm: str) -> list[nn.Module]:
@@ -148,7 +148,7 @@ class ROIHeads(nn.Module):
         boxes = torch.cat([proposals, gt_boxes.to(proposals.dtype)], dim=1)
         valid = torch.cat([proposal_valid, gt_valid], dim=1)
 
-        iou = box_iou(gt_boxes, boxes)
+        iou = ops.box_iou(gt_boxes, boxes, legacy=True)  # +1 widths, as the reference matches
         matches = match(iou, gt_valid, cfg.fg_iou_thresh, cfg.bg_iou_thresh, False)
         labels = torch.where(valid, (matches >= 0).to(torch.int64), -1)
         keys = matching.sampling_keys(boxes)

@@ -23,7 +23,6 @@ from harness.config import RPNConfig
 from harness.model import matching
 from harness.model.matching import (
     BETWEEN_THRESHOLDS,
-    box_iou,
     match,
     sample_balanced,
 )
@@ -184,7 +183,8 @@ class RPN(nn.Module):
         (smooth L1) losses of the sampled anchors, both over the number sampled in the batch; the
         head is evaluated at the sampled anchors only (RPNHead.at). image_sizes: (h, w) host ints."""
         cfg = self.cfg
-        iou = box_iou(gt_boxes, anchors[None].expand(gt_boxes.shape[0], -1, -1))
+        # +1 widths: maskrcnn-benchmark's boxlist_iou
+        iou = ops.box_iou(gt_boxes, anchors[None].expand(gt_boxes.shape[0], -1, -1), legacy=True)
         matches = match(iou, gt_valid, cfg.fg_iou_thresh, cfg.bg_iou_thresh, True)
         visible = torch.stack(
             [ops.anchor_visibility(anchors, size, cfg.straddle_thresh) for size in image_sizes]

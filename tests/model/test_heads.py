@@ -16,9 +16,10 @@ from harness import ops
 from harness.config import ROIHeadsConfig, RPNConfig
 from harness.data.batch import Polygons
 from harness.model import matching
-from harness.model.matching import box_iou, pad_targets, sample_balanced
+from harness.model.matching import pad_targets, sample_balanced
 from harness.model.roi_heads import MaskHead, ROIHeads
 from harness.model.rpn import RPN, RPN_BOX_WEIGHTS, RPNHead, conv3x3_neighbours
+from harness.ops import box_iou
 
 
 def box_hash_keys(boxes: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,9 @@ def test_rpn_loss_matches_per_image():
 
     obj_sum, box_sum, sampled = 0.0, 0.0, 0
     for i, gt in enumerate(gts):
-        m = plain_match(box_iou(gt, anchors), cfg.fg_iou_thresh, cfg.bg_iou_thresh, True)
+        m = plain_match(
+            box_iou(gt, anchors, legacy=True), cfg.fg_iou_thresh, cfg.bg_iou_thresh, True
+        )
         labels = (m >= 0).long()
         labels[m == -2] = -1
         h, w = image_sizes[i]
@@ -219,7 +222,7 @@ def test_roi_heads_losses_match_per_image():
     cls_sum, box_sum, mask_sum, sampled, mask_px = 0.0, 0.0, 0.0, 0, 0
     for i, (gt, lab) in enumerate(zip(gts, labels, strict=True)):
         boxes = torch.cat([props[i], gt])
-        m = plain_match(box_iou(gt, boxes), 0.5, 0.5, False)
+        m = plain_match(box_iou(gt, boxes, legacy=True), 0.5, 0.5, False)
         pos, neg = plain_sample((m >= 0).long(), box_hash_keys(boxes[None])[0], 64, 0.25)
         rois_xyxy = boxes[torch.cat([pos, neg])]
         rois = torch.cat([torch.full((len(rois_xyxy), 1), float(i)), rois_xyxy], dim=1)
