@@ -5,6 +5,7 @@
 # md5sum's format ("<md5>  <name>" or "<md5> *<name>"), replaces entries of it. A malformed line is
 # an error (exit 2): a silently ignored line would let an archive pass unchecked.
 
+# shellcheck disable=SC2034  # md5 is what the sourcing scripts read
 declare -A md5=()
 
 read_hash_list() {  # read_hash_list SOURCE < LIST: add each "<md5>  <name>" line to md5
@@ -27,5 +28,7 @@ cced6f7f71b7629ddf16f17bbcfab6b2  train2017.zip
 LIST
 if [[ -n "${COCO_MD5_FILE:-}" ]]; then
   [[ -f "$COCO_MD5_FILE" ]] || { echo "COCO_MD5_FILE not found: $COCO_MD5_FILE" >&2; exit 2; }
+  # the first argument only names the list in error messages
+  # shellcheck disable=SC2094
   read_hash_list "$COCO_MD5_FILE" < "$COCO_MD5_FILE" || exit 2
 fi

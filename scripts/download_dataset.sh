@@ -24,6 +24,7 @@ mirror="${COCO_MIRROR:-http://images.cocodataset.org}"
 r50_url="${R50_URL:-https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/MSRA/R-50.pkl}"
 downloads="$datadir/downloads"
 coco="$datadir/coco"
+# shellcheck source=scripts/dataset_hashes.sh
 source "$(dirname "${BASH_SOURCE[0]}")/dataset_hashes.sh"
 mkdir -p "$downloads" "$coco"
 declare -A remote=(

@@ -60,7 +60,7 @@ for split in train2017 val2017; do
     report FAILED "images $split" "directory $dir missing"
   fi
   ann="$datadir/coco/annotations/instances_$split.json"
-  detail="$("$python" - "$ann" "$want" 2>&1 <<'PY'
+  if detail="$("$python" - "$ann" "$want" 2>&1 <<'PY'
 import json, sys
 path, want = sys.argv[1], int(sys.argv[2])
 try:
@@ -77,8 +77,7 @@ if listed != want:
     sys.exit(1)
 print(f"{listed} images, {count} annotations")
 PY
-)"
-  if [[ $? -eq 0 ]]; then
+)"; then
     report PASSED "annotations instances_$split.json" "$detail"
   else
     report FAILED "annotations instances_$split.json" "$detail"
