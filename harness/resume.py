@@ -11,6 +11,7 @@ process is training in.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 from pathlib import Path
@@ -74,6 +75,11 @@ def run_config(run_dir: Path, config_arg: str | None, overrides: list[str]) -> c
         )
     saved = config.load(saved_path, warn=False)  # its warnings came with the run itself
     wanted = config.load(config_arg if config_arg else saved_path, overrides)
+    if wanted.run.seed == -1:
+        # -1 asks for a random seed: for a resumed run that is the seed the run drew
+        wanted = dataclasses.replace(
+            wanted, run=dataclasses.replace(wanted.run, seed=saved.run.seed)
+        )
     changed = differences(config.to_dict(saved), wanted)
     if changed:
         raise config.ConfigError(

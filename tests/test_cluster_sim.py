@@ -183,13 +183,14 @@ def test_sigint_stops_both_nodes_saves_and_resumes(tmp_path, dataset):
     assert stopped is not None and stopped["iteration"] >= 1
 
     resumed_to = stopped["iteration"] + 1
+    # The resumed run keeps its seed and targets (harness/resume.py); only its length grows.
     rc, _, err = cluster.run(
         "--resume",
         str(run),
         f"solver.max_iter={resumed_to}",
-        "run.target_bbox_map=0",
-        "run.target_segm_map=0",
+        "run.target_bbox_map=1",  # as started: --config and these must give the run's config
+        "run.target_segm_map=1",
     )
-    assert rc == 0, err[-4000:]
-    assert cluster.sub_code() == 0
+    assert rc == 4, err[-4000:]  # the targets of 1 stay unreached: a normal miss on both nodes
+    assert cluster.sub_code() == 4
     assert checkpoint.load_latest(run / "checkpoints")["iteration"] == resumed_to

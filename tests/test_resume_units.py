@@ -140,6 +140,7 @@ def test_resume_takes_the_runs_config_and_refuses_what_may_not_change(tmp_path):
     run = _run_dir(tmp_path)
     cfg = resume.run_config(run, None, ["data.root=/elsewhere", "run.log_every_iters=5"])
     assert cfg.run.seed == 77 and cfg.data.root == "/elsewhere"
+    assert resume.run_config(run, None, ["run.seed=-1"]).run.seed == 77  # -1: "the run's own"
     with pytest.raises(config.ConfigError, match=r"run\.seed: 77 -> 1234"):
         resume.run_config(run, None, ["run.seed=1234"])
     with pytest.raises(config.ConfigError, match=r"solver\.base_lr"):
