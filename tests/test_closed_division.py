@@ -152,6 +152,20 @@ def test_weights_must_be_the_reference_pickle(tmp_path, r50_pkl):
     assert "is a torchvision file" in problem
 
 
+def closed_cli(tmp_path: Path, weights: Path, *overrides: str) -> int:
+    """harness.train's exit code for the closed tiny config with `overrides`, run in-process."""
+    return train.cli(
+        [
+            "--config",
+            str(DGX1),
+            *CLOSED_TINY,
+            f"model.backbone.weights={weights}",
+            f"run.output_dir={tmp_path / 'runs'}",
+            *overrides,
+        ]
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -161,16 +175,7 @@ def test_weights_must_be_the_reference_pickle(tmp_path, r50_pkl):
 )
 def test_train_refuses_before_anything_is_created(tmp_path, r50_pkl, capsys, overrides, message):
     """exit 2 with one line naming the key, before init_start: no run folder, no log."""
-    code = train.cli(
-        [
-            "--config",
-            str(DGX1),
-            *CLOSED_TINY,
-            f"model.backbone.weights={r50_pkl}",
-            f"run.output_dir={tmp_path / 'runs'}",
-            *overrides,
-        ]
-    )
+    code = closed_cli(tmp_path, r50_pkl, *overrides)
     assert code == train.EXIT_CONFIG_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
@@ -195,15 +200,7 @@ def test_a_closed_run_that_cannot_drop_the_cache_is_refused(tmp_path, r50_pkl, m
     monkeypatch.setattr(cache, "DROP_CACHES", tmp_path / "no_such_dir" / "drop_caches")
     for name in ("HARNESS_DROP_CACHES_CMD", "HARNESS_CACHES_DROPPED"):
         monkeypatch.delenv(name, raising=False)
-    code = train.cli(
-        [
-            "--config",
-            str(DGX1),
-            *CLOSED_TINY,
-            f"model.backbone.weights={r50_pkl}",
-            f"run.output_dir={tmp_path / 'runs'}",
-        ]
-    )
+    code = closed_cli(tmp_path, r50_pkl)
     assert code == train.EXIT_CONFIG_ERROR
     assert "must start from a dropped page cache" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
