@@ -66,21 +66,16 @@ def test_ignores_sync_free_ops_and_reads_of_host_copies():
     assert all(site.startswith("tests/test_sync_count.py") for _, site in counter.events)
 
 
-def test_cpu_demo_step_syncs_only_where_the_model_allows():
-    step = build_step("configs/cpu_demo.yaml", size=(160, 192), batch=2)
-    counter = count_step(step)
-    model = {
-        (op, site.rsplit(" ", 1)[-1]): n
-        for (op, site), n in counter.events.items()
-        if not site.startswith("harness/ops/")
-    }
-    assert model == {key: 1 for key in ALLOWED_MODEL_SYNCS}, counter.report()
-
-
-@pytest.mark.slow
-def test_dgx1_step_syncs_only_where_the_model_allows():
-    step = build_step("configs/dgx1_v100x8.yaml", size=(128, 192), batch=2)
-    counter = count_step(step)
+@pytest.mark.parametrize(
+    ("config", "size"),
+    [
+        ("configs/cpu_demo.yaml", (160, 192)),
+        pytest.param("configs/dgx1_v100x8.yaml", (128, 192), marks=pytest.mark.slow),
+    ],
+    ids=["cpu_demo", "dgx1"],
+)
+def test_step_syncs_only_where_the_model_allows(config, size):
+    counter = count_step(build_step(config, size=size, batch=2))
     model = {
         (op, site.rsplit(" ", 1)[-1]): n
         for (op, site), n in counter.events.items()
