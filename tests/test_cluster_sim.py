@@ -28,6 +28,8 @@ from tests.test_train import ROOT, TINY
 SHIM = ROOT / "tests" / "fixtures" / "ssh_shim"
 HOSTS = ("main1", "sub1")
 SYNTH_ARGS = ["--train", "8", "--val", "4", "--size", "64", "--seed", "3"]
+BUILD_SWITCHES = ("FORCE_CUDA", "TORCH_CUDA_ARCH_LIST")
+REBUILD_NOTICE = "setup_env: building harness._C"
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +66,14 @@ class Cluster:
             "PATH": os.environ["PATH"],
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
-            "FORCE_CUDA": "0",  # run_and_time.sh sources setup_env.sh: never rebuild the kernels
         }
+        # run_and_time.sh sources setup_env.sh, whose build stamp hashes these switches: pass on
+        # the ones this checkout was built with (scripts/test.sh's), or it would rebuild harness._C
+        # in place, under the test session that has it loaded (a FORCE_CUDA=0 here once replaced
+        # CI's CUDA build with a CPU-only one).
+        for switch in BUILD_SWITCHES:
+            if switch in os.environ:
+                container[switch] = os.environ[switch]
         sub = {**container, **cluster_vars("sub1", with_local_rank)}
         (self.nodes / "sub1.env").write_text("".join(f"{k}={v}\n" for k, v in sub.items()))
         self.main_env = {
@@ -103,6 +111,7 @@ class Cluster:
             out, err = proc.communicate(timeout=600)
         finally:
             self.kill(proc)
+        assert REBUILD_NOTICE not in err, "run_and_time.sh rebuilt the checkout's harness._C"
         return proc.returncode, out, err
 
     def sub_code(self) -> int:
@@ -173,6 +182,7 @@ def test_sigint_stops_both_nodes_saves_and_resumes(tmp_path, dataset):
         _, err = proc.communicate(timeout=120)
     finally:
         cluster.kill(proc)
+    assert REBUILD_NOTICE not in err, "run_and_time.sh rebuilt the checkout's harness._C"
     assert proc.returncode == 130, err[-4000:]
     assert cluster.sub_code() == 130
     assert "Traceback" not in err
