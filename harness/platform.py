@@ -34,13 +34,25 @@ def detect() -> Hardware:
 
 
 def auto_config_path(hw: Hardware) -> Path:
-    """The config matching the hardware: the DGX-1 recipe on 8 V100s, the single-GPU recipe on
-    any other GPU machine, the CPU demo without a GPU."""
+    """The recipe for a node on which run_and_time.sh starts one rank per visible GPU: the 8-GPU
+    (DGX-1) recipe on 8 GPUs, the single-GPU recipe on one, the CPU demo without a GPU.
+
+    The DGX-1 recipe's hyperparameters (batch 48, 6 per GPU) do not depend on the GPU model, so any
+    8-GPU node runs it; the submission_platform in the log names the GPUs it ran on. No recipe
+    exists for other GPU counts: ConfigError names the choices instead of starting N ranks of a
+    config that check_matches would then refuse on every rank.
+    """
     if hw.gpu_count == 0:
         return CONFIG_DIR / "cpu_demo.yaml"
-    if hw.gpu_count == 8 and "V100" in hw.gpu_name:
+    if hw.gpu_count == 8:
         return CONFIG_DIR / "dgx1_v100x8.yaml"
-    return CONFIG_DIR / "single_gpu.yaml"
+    if hw.gpu_count == 1:
+        return CONFIG_DIR / "single_gpu.yaml"
+    raise ConfigError(
+        f"--config auto: no recipe for {hw.gpu_count} GPUs per node ({hw.gpu_name}); configs/ has "
+        f"dgx1_v100x8.yaml for 8 GPUs and single_gpu.yaml for 1: make 8 or 1 of them visible "
+        f"(CUDA_VISIBLE_DEVICES) or pass --config with a config of run.gpus={hw.gpu_count}"
+    )
 
 
 def check_matches(cfg: Config, hw: Hardware, world_size: int) -> None:

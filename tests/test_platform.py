@@ -28,8 +28,7 @@ def _config(name: str) -> config.Config:
         (Hardware("Tesla V100-SXM2-32GB", 8, 32.0), "dgx1_v100x8"),
         (Hardware(V100, 1, 16.0), "single_gpu"),
         (Hardware(A100, 1, 80.0), "single_gpu"),
-        (Hardware(A100, 8, 80.0), "single_gpu"),  # the DGX-1 recipe is for V100s only
-        (Hardware(V100, 4, 16.0), "single_gpu"),
+        (Hardware(A100, 8, 80.0), "dgx1_v100x8"),  # its hyperparameters fit any 8-GPU node
         (CPU, "cpu_demo"),
     ],
 )
@@ -47,21 +46,23 @@ def test_auto_config_path(hw, expected):
         (Hardware(V100, 8, 16.0), 16),  # two DGX-1 nodes
         (Hardware(A100, 1, 80.0), 1),
         (CPU, 1),
-        pytest.param(
-            Hardware(A100, 8, 80.0),
-            8,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=ConfigError,
-                reason="auto picks single_gpu.yaml (run.gpus=1) on 8 non-V100 GPUs, which "
-                "check_matches then refuses: run_and_time.sh's default path cannot run there",
-            ),
-        ),
+        (Hardware(A100, 8, 80.0), 8),
+        (Hardware(A100, 8, 80.0), 16),
     ],
 )
 def test_auto_selected_config_fits_its_hardware(hw, world_size):
     cfg = config.load(platform.auto_config_path(hw))
     platform.check_matches(cfg, hw, world_size)
+
+
+@pytest.mark.parametrize("count", [2, 4, 7, 16])
+def test_auto_names_the_choices_where_no_recipe_fits(count):
+    with pytest.raises(ConfigError) as error:
+        platform.auto_config_path(Hardware(A100, count, 80.0))
+    message = str(error.value)
+    assert f"no recipe for {count} GPUs per node" in message
+    assert "dgx1_v100x8.yaml" in message and "single_gpu.yaml" in message
+    assert f"run.gpus={count}" in message
 
 
 def test_check_matches_refuses_a_mismatch():
@@ -97,3 +98,14 @@ def test_detect(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     assert platform.detect() == Hardware(A100, 4, 80.0)
+
+
+def test_train_refuses_auto_on_an_unsupported_gpu_count(monkeypatch, tmp_path, capsys):
+    from harness import train
+
+    monkeypatch.setattr(platform, "detect", lambda: Hardware(A100, 4, 80.0))
+    code = train.cli(["--config", "auto", f"run.output_dir={tmp_path / 'runs'}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no recipe for 4 GPUs per node" in err[0]
+    assert not (tmp_path / "runs").exists()
