@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run N seeds of `python -m harness.train` back to back, each in its own run directory, clearing the
-# page cache before each run, and optionally package them for submission.
+# page cache before each (harness.train does), and optionally package them for submission.
 #
 # Usage: scripts/run_n.sh N [--dir RUNS_DIR] [--package SYSTEM OUT_DIR] [--] TRAIN_ARGS...
 #   N              number of runs (Mask R-CNN submissions need 5)
@@ -12,11 +12,10 @@
 #
 # Seeds: run i gets run.seed=SEED0+i, SEED0 from $RUN_N_SEED (default: from the clock), so that no
 # two runs share a seed (the closed division's seed checker requires it).
-# Cache: before each run, the command in $RUN_N_CLEAR_CACHE_HOOK when set (e.g. one that asks the
-# host to drop its caches: NVIDIA's run scripts do it from outside the container), otherwise
-# `sync; echo 3 > /proc/sys/vm/drop_caches` where this process may write it; with neither, a
-# warning says that the cache was not cleared. HARNESS_DROP_CACHES defaults to 1 for the runs, so
-# that harness.train (harness/cache.py) also drops the cache itself and logs cache_clear truthfully.
+# Cache: each run drops the page cache itself before its clock starts (harness/cache.py: as root
+# through /proc/sys/vm/drop_caches, or with the command in HARNESS_DROP_CACHES_CMD, e.g. one that
+# asks the host, as NVIDIA's run scripts drop it from outside the container) and logs cache_clear
+# truthfully; HARNESS_DROP_CACHES defaults to 1 here so that open-division runs do it too.
 # Exit status: 0 when every run reached its target (and the package passed its checks), 1 when some
 # run did not, 2 for bad usage; with --package, harness.submission's status.
 set -uo pipefail
@@ -53,25 +52,8 @@ seed0="${RUN_N_SEED:-$(($(date +%s) % 100000 * 10))}"
 export HARNESS_DROP_CACHES="${HARNESS_DROP_CACHES:-1}"
 mkdir -p "$dir" || { echo "run_n: cannot create $dir" >&2; exit 2; }
 
-clear_cache() {
-  sync
-  if [[ -n "${RUN_N_CLEAR_CACHE_HOOK:-}" ]]; then
-    if bash -c "$RUN_N_CLEAR_CACHE_HOOK"; then
-      echo "run_n: cache cleared by RUN_N_CLEAR_CACHE_HOOK"
-    else
-      echo "run_n: WARNING: RUN_N_CLEAR_CACHE_HOOK failed; cache not cleared" >&2
-    fi
-  elif { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
-    echo "run_n: page cache dropped"
-  else
-    echo "run_n: WARNING: cache not cleared (/proc/sys/vm/drop_caches is not writable here; set" \
-      "RUN_N_CLEAR_CACHE_HOOK to a command that clears it)" >&2
-  fi
-}
-
 failed=0
 for ((i = 0; i < runs; i++)); do
-  clear_cache
   seed=$((seed0 + i))
   echo "run_n: run $((i + 1))/$runs, seed $seed, in $dir"
   (cd "$root" && "$py" -m harness.train "$@" "run.output_dir=$dir" "run.seed=$seed")
