@@ -238,7 +238,11 @@ _CODER_CORRUPTIONS = {
         ValueError,
         r"reference_boxes must have shape \[N, 4\]",
     ),
-    "encode: proposals of another length": ("encode", ValueError, r"proposals must have shape \["),
+    "encode: proposals of another length": (
+        "encode",
+        ValueError,
+        r"proposals must have shape \[\d+, 4\]",
+    ),
     "encode: proposals of another dtype": (
         "encode",
         ValueError,
@@ -261,7 +265,7 @@ _CODER_CORRUPTIONS = {
         r"weights\[\d\] must be a positive finite number",
     ),
     "decode: deltas not [N, 4k]": ("decode", ValueError, r"deltas must have shape \[N, 4 \* k\]"),
-    "decode: boxes of another length": ("decode", ValueError, r"boxes must have shape \["),
+    "decode: boxes of another length": ("decode", ValueError, r"boxes must have shape \[\d+, 4\]"),
     "decode: integer deltas": ("decode", ValueError, "deltas must be floating point"),
     "decode: not 4 weights": (
         "decode",

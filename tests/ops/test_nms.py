@@ -247,7 +247,11 @@ _NMS_CORRUPTIONS = {
     "NaN box coordinate": (ValueError, "boxes contains NaN", False),
     "NaN score": (ValueError, "scores contains NaN", False),
     "boxes not [N, 4]": (ValueError, r"boxes must have shape \[N, 4\]", False),
-    "boxes of another length than scores": (ValueError, r"scores must have shape \[", False),
+    "boxes of another length than scores": (
+        ValueError,
+        r"scores must have shape \[\d+\] to match boxes",
+        False,
+    ),
     "boxes not float32/float64": (ValueError, "boxes must be float32 or float64", False),
     "scores of another dtype": (ValueError, "scores must have the dtype of boxes", False),
     "boxes not a Tensor": (TypeError, "boxes must be a Tensor", False),
@@ -255,7 +259,7 @@ _NMS_CORRUPTIONS = {
     "threshold not a number": (TypeError, "iou_threshold must be a real number", False),
     "legacy not a bool": (TypeError, "legacy must be a bool", False),
     "idxs not integers": (ValueError, "idxs must have an integer dtype", True),
-    "idxs of another length": (ValueError, r"idxs must have shape \[", True),
+    "idxs of another length": (ValueError, r"idxs must have shape \[\d+\] to match boxes", True),
 }
 
 
