@@ -366,6 +366,18 @@ def test_bad_multilevel_arguments_raise(features, scales, match):
         multilevel_roi_align(features, rois, 7, scales, 2)
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+def test_huge_coordinates_stay_in_bounds(aligned):
+    """Finite but huge ROIs (1e30) are valid: they pool in bounds without raising, and to finite
+    values with a fixed sampling grid (an adaptive grid that large has no meaningful value)."""
+    features = torch.randn(2, 3, 5, 6)
+    rois = torch.tensor([[0, 1e30, 2, 1e30, 4], [1, -1e30, -1e30, 1e30, 1e30], [0, 1, 1, 1e30, 3]])
+    for sampling_ratio in (2, -1):
+        pooled = roi_align(features, rois, 3, 1.0, sampling_ratio, aligned)
+        assert pooled.shape == (3, 3, 3, 3)
+        assert sampling_ratio <= 0 or torch.isfinite(pooled).all()
+
+
 @st.composite
 def _roi_align_call(draw, min_rois: int = 0):
     """A valid roi_align call: (input, rois, output_size, spatial_scale, sampling_ratio, aligned)
