@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -13,7 +15,11 @@ from pycocotools.coco import COCO
 from harness.evaluate import AsyncEvaluator, coco_map, gather_results, to_coco_results
 
 CATEGORY_IDS = [3, 7, 12]  # non-contiguous, like COCO's
-IMAGE_SIZES = {11: (60, 80), 22: (64, 64), 33: (50, 90)}  # id → (H, W)
+IMAGE_SIZES = {11: (60, 80), 22: (64, 64), 33: (50, 90), 44: (240, 320)}  # id → (H, W)
+# Image 44 holds a medium and a large object (COCO's areas: small < 32², medium < 96² <= large)
+# and a crowd region (iscrowd=1, an uncompressed RLE as COCO's crowds are) at (x, y, w, h):
+MEDIUM_AND_LARGE = [(20.5, 30.25, 52.0, 40.0), (130.0, 90.5, 170.0, 140.0)]  # a box, a triangle
+CROWD_BOX = (30, 150, 80, 60)
 
 
 def _polygon(x: float, y: float, w: float, h: float, kind: int) -> list[float]:
@@ -21,6 +27,41 @@ def _polygon(x: float, y: float, w: float, h: float, kind: int) -> list[float]:
     if kind == 1:
         return [x, y + h, x + w / 2, y, x + w, y + h]
     return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a binary [H, W] mask: run lengths in column-major order, starting
+    with a run of zeros."""
+    flat = mask.flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts = [0, *counts]
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def _crowd_mask() -> np.ndarray:
+    """The crowd region of image 44: an irregular blob inside CROWD_BOX, touching its four sides."""
+    height, width = IMAGE_SIZES[44]
+    x, y, w, h = CROWD_BOX
+    mask = np.zeros((height, width), np.uint8)
+    mask[y : y + h, x + 10 : x + w - 10] = 1
+    mask[y + 15 : y + h - 15, x : x + w] = 1
+    return mask
+
+
+def _annotation(ann_id: int, image_id: int, box: tuple, kind: int, category: int) -> dict:
+    x, y, w, h = box
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category,
+        "bbox": [x, y, w, h],
+        "area": w * h / (2 if kind else 1),
+        "iscrowd": 0,
+        "segmentation": [_polygon(x, y, w, h, kind)],
+    }
 
 
 @pytest.fixture
@@ -31,21 +72,30 @@ def annotation_file(tmp_path):
         images.append(
             {"id": image_id, "width": width, "height": height, "file_name": f"{image_id}.jpg"}
         )
+        if image_id == 44:
+            continue
         for _ in range(3):
             w, h = rng.uniform(12, 30, size=2)
             x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
             kind = int(rng.integers(0, 2))
+            category = int(rng.choice(CATEGORY_IDS))
             annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(rng.choice(CATEGORY_IDS)),
-                    "bbox": [x, y, w, h],
-                    "area": w * h / (2 if kind else 1),
-                    "iscrowd": 0,
-                    "segmentation": [_polygon(x, y, w, h, kind)],
-                }
+                _annotation(len(annotations) + 1, image_id, (x, y, w, h), kind, category)
             )
+    for kind, box in enumerate(MEDIUM_AND_LARGE):
+        annotations.append(_annotation(len(annotations) + 1, 44, box, kind, CATEGORY_IDS[kind]))
+    crowd = _crowd_mask()
+    annotations.append(
+        {
+            "id": len(annotations) + 1,
+            "image_id": 44,
+            "category_id": CATEGORY_IDS[0],
+            "bbox": list(CROWD_BOX),
+            "area": int(crowd.sum()),
+            "iscrowd": 1,
+            "segmentation": _uncompressed_rle(crowd),
+        }
+    )
     categories = [{"id": c, "name": f"class{c}", "supercategory": "thing"} for c in CATEGORY_IDS]
     path = tmp_path / "instances.json"
     path.write_text(
@@ -62,7 +112,7 @@ def _predictions(annotation_file, jitter: float, false_positives: int, seed: int
     predictions, image_ids = [], []
     for image_id, (height, width) in IMAGE_SIZES.items():
         boxes, labels, masks = [], [], []
-        for ann in gt.loadAnns(gt.getAnnIds(imgIds=[image_id])):
+        for ann in gt.loadAnns(gt.getAnnIds(imgIds=[image_id], iscrowd=False)):
             dx, dy = rng.uniform(-jitter, jitter, size=2)
             x, y, w, h = ann["bbox"]
             boxes.append([x + dx, y + dy, x + w + dx, y + h + dy])
@@ -118,14 +168,86 @@ def test_perfect_detections_score_one(annotation_file, backend):
     )
 
 
+def _all_stats(annotation_file, results: list[dict], iou_type: str, backend: str) -> np.ndarray:
+    """COCOeval's 12 summary numbers (AP, AP50, AP75, AP small/medium/large, AR ...) of one
+    backend, run directly on the library."""
+    if backend == "faster":
+        import faster_coco_eval
+
+        coco, cocoeval = faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster
+    else:
+        from pycocotools.cocoeval import COCOeval as cocoeval
+
+        coco = COCO
+    geometry = "bbox" if iou_type == "bbox" else "segmentation"
+    subset = [{k: r[k] for k in ("image_id", "category_id", "score", geometry)} for r in results]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = coco(str(annotation_file))
+        evaluator = cocoeval(gt, gt.loadRes(subset), iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats[:12], dtype=np.float64)
+
+
+# 20 x 20 inside the crowd region: IoU with it far below 0.5, so it matches the crowd only by the
+# crowd rule (intersection over the detection's area).
+IN_CROWD = (CROWD_BOX[0] + 25, CROWD_BOX[1] + 20, 20, 20)
+
+
+def _with_detection(predictions: list[dict], image_ids: list[int], box: tuple, score: float):
+    """The predictions with one more detection of class 1 (the crowd's category) on image 44, of
+    box (x, y, w, h) and its filled rectangle as mask, first in that image's list."""
+    x, y, w, h = box
+    mask = np.zeros(IMAGE_SIZES[44], np.uint8)
+    mask[y : y + h, x : x + w] = 1
+    extra = {
+        "boxes": torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32),
+        "scores": torch.tensor([score]),
+        "labels": torch.tensor([1]),
+        "masks": torch.from_numpy(mask[None]).bool(),
+    }
+    out = [dict(p) for p in predictions]
+    image = image_ids.index(44)
+    out[image] = {k: torch.cat([extra[k], v]) for k, v in predictions[image].items()}
+    return out
+
+
 def test_backends_agree_on_imperfect_detections(annotation_file):
     predictions, image_ids = _predictions(annotation_file, jitter=3.0, false_positives=2)
+    predictions = _with_detection(predictions, image_ids, IN_CROWD, score=0.9)
     results = to_coco_results(predictions, image_ids, CATEGORY_IDS)
     faster = coco_map(annotation_file, results, backend="faster")
     reference = coco_map(annotation_file, results, backend="pycocotools")
     assert 0.05 < faster["BBOX"] < 0.95 and 0.05 < faster["SEGM"] < 0.95
     assert faster == pytest.approx(reference, abs=1e-6)
     assert coco_map(annotation_file, results, iou_types=("segm",)).keys() == {"SEGM"}
+    # Every summary number agrees, the per-size APs included: the fixture has objects of all
+    # three COCO sizes (AP small, medium, large are stats[3:6]; -1 would mean none of a size).
+    for iou_type in ("bbox", "segm"):
+        stats = _all_stats(annotation_file, results, iou_type, "faster")
+        np.testing.assert_allclose(
+            stats, _all_stats(annotation_file, results, iou_type, "pycocotools"), atol=1e-6
+        )
+        assert (stats[3:6] > 0).all(), (iou_type, stats[3:6])
+
+
+@pytest.mark.parametrize("backend", ["faster", "pycocotools"])
+def test_detection_in_a_crowd_region_is_ignored(annotation_file, backend):
+    """A detection that only matches the crowd region is ignored, not counted a false positive,
+    even as the image's best-scored detection. The same detection on background is a false
+    positive and costs AP: the check can fail."""
+    predictions, image_ids = _predictions(annotation_file, jitter=0.0, false_positives=0)
+    x, y, w, h = IN_CROWD
+    assert _crowd_mask()[y : y + h, x : x + w].all()
+    background = (250, 20, 20, 20)  # no object there
+    scores = {}
+    for where, box in (("crowd", IN_CROWD), ("background", background)):
+        with_extra = _with_detection(predictions, image_ids, box, score=1.0)
+        results = to_coco_results(with_extra, image_ids, CATEGORY_IDS, legacy_plus_one=False)
+        scores[where] = coco_map(annotation_file, results, backend=backend)
+    assert scores["crowd"] == pytest.approx({"BBOX": 1.0, "SEGM": 1.0})
+    assert scores["background"]["BBOX"] < 0.99 and scores["background"]["SEGM"] < 0.99
 
 
 @pytest.mark.parametrize("backend", ["faster", "pycocotools"])

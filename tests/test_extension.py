@@ -18,7 +18,42 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_extension_imports_and_matches_torch():
     ext = extension.load()
     assert ext.torch_version() == torch.__version__
-    assert isinstance(ext.cuda_compiled(), bool)
+
+
+def _elf_section_names(path: Path) -> set[str]:
+    """Section names of a 64-bit little-endian ELF file, read from its section header table."""
+    data = path.read_bytes()
+    assert data[:6] == b"\x7fELF\x02\x01", f"{path} is not a 64-bit little-endian ELF file"
+
+    def field(offset: int, size: int) -> int:
+        return int.from_bytes(data[offset : offset + size], "little")
+
+    # The ELF64 header: e_shoff (0x28), e_shentsize (0x3A), e_shnum (0x3C), e_shstrndx (0x3E);
+    # a section header holds the offset of its name at 0 and that of its contents at 0x18.
+    table, entry_size = field(0x28, 8), field(0x3A, 2)
+    count, names_index = field(0x3C, 2), field(0x3E, 2)
+    names_offset = field(table + names_index * entry_size + 0x18, 8)
+    names = set()
+    for i in range(count):
+        start = names_offset + field(table + i * entry_size, 4)
+        names.add(data[start : data.index(b"\0", start)].decode())
+    return names
+
+
+def test_cuda_compiled_agrees_with_what_the_library_holds():
+    """cuda_compiled() (set by the build's WITH_CUDA macro) agrees with what the built .so holds:
+    a CUDA kernel registered for every harness op next to its CPU kernel, and the section of
+    device code nvcc embeds (.nv_fatbin); or neither of them."""
+    ext = extension.load()
+    compiled = ext.cuda_compiled()
+    ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("harness::"))
+    assert {"harness::nms", "harness::roi_align", "harness::mask_targets"} <= set(ops)
+    for op in ops:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"), op
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA") == compiled, op
+    sections = _elf_section_names(Path(ext.__file__))
+    assert ".text" in sections and ".dynsym" in sections
+    assert (".nv_fatbin" in sections) == compiled, sorted(sections)
 
 
 def test_cuda_archs_follow_the_build():

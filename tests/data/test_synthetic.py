@@ -5,6 +5,9 @@ import pytest
 from PIL import Image, ImageDraw
 from pycocotools.coco import COCO
 
+from harness.data.batch import Normalization
+from harness.data.coco import load_coco
+from harness.data.loader import CocoImages
 from harness.data.synthetic import (
     CATEGORIES,
     GENERATOR_VERSION,
@@ -27,9 +30,25 @@ def test_layout_is_readable_by_pycocotools(tiny_coco):
                 assert im.size == (img["width"], img["height"])
 
 
-def test_category_ids_are_not_contiguous():
-    ids = sorted(c for c, _ in CATEGORIES)
-    assert ids != list(range(1, len(ids) + 1))
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+def test_generated_category_ids_are_not_contiguous_and_the_loader_maps_them(tiny_coco):
+    """The generated set uses all its categories under ids with gaps, as COCO's (1..90 for 80),
+    and the loader gives each object the contiguous label of its id: 1 + its rank among the
+    sorted ids (0 is background)."""
+    doc = json.loads((tiny_coco / "annotations" / "instances_train2017.json").read_text())
+    listed = sorted(c["id"] for c in doc["categories"])
+    assert sorted({a["category_id"] for a in doc["annotations"]}) == listed
+    assert listed != list(range(1, len(listed) + 1)), "the ids must have gaps"
+    label_of = {category: rank + 1 for rank, category in enumerate(listed)}
+    coco = load_coco(tiny_coco, "train2017", keep_empty_images=False)
+    images = CocoImages(coco, 64, 64, Normalization.caffe2())
+    seen = set()
+    for index, record in enumerate(coco.records):
+        _, target = images[(index, False)]
+        annotations = [a for a in doc["annotations"] if a["image_id"] == record.image_id]
+        assert target.labels.tolist() == [label_of[a["category_id"]] for a in annotations]
+        seen.update(target.labels.tolist())
+    assert seen == set(range(1, len(listed) + 1))
 
 
 def test_annotations_are_consistent(tiny_coco):

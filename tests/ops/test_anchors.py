@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from harness.ops import anchor_visibility, generate_anchors, generate_anchors_reference
@@ -103,23 +105,103 @@ def test_visibility_bad_arguments():
         anchor_visibility(torch.zeros(3, 4), (10, 10), float("nan"))
 
 
-_value = st.one_of(
-    st.integers(-3, 40), st.floats(allow_nan=True, allow_infinity=True), st.none(), st.text()
-)
+@st.composite
+def _anchor_call(draw):
+    """Valid generate_anchors arguments: 1-4 levels of (height, width) >= 1, positive int strides,
+    positive finite sizes and 1-4 positive finite aspect ratios (ints or floats, as configs hold)."""
+    levels = draw(st.integers(1, 4))
+    feature_sizes = draw(
+        st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=levels, max_size=levels)
+    )
+    strides = draw(st.lists(st.integers(1, 64), min_size=levels, max_size=levels))
+    positive = st.floats(1, 600) | st.integers(1, 600)
+    sizes = draw(st.lists(positive, min_size=levels, max_size=levels))
+    aspect_ratios = draw(
+        st.lists(st.floats(0.1, 10) | st.sampled_from([0.5, 1, 2]), min_size=1, max_size=4)
+    )
+    return feature_sizes, strides, sizes, aspect_ratios
 
 
-@settings(max_examples=80, deadline=None)
-@given(
-    feature_sizes=st.lists(st.one_of(st.tuples(_value, _value), _value), max_size=10),
-    strides=st.lists(_value, max_size=10),
-    sizes=st.lists(_value, max_size=10),
-    aspect_ratios=st.lists(_value, max_size=4),
-)
-def test_fuzz_arguments_raise_or_work(feature_sizes, strides, sizes, aspect_ratios):
-    try:
-        levels = generate_anchors(feature_sizes, strides, sizes, aspect_ratios)
-    except (TypeError, ValueError):
-        return
+@settings(max_examples=50, deadline=None)
+@given(call=_anchor_call())
+def test_valid_calls_match_the_reference(call):
+    """Every draw is a valid call, so every draw reaches the comparison: the kernel's anchors equal
+    the numpy reference's bit for bit, level by level, in (y, x, aspect ratio) order."""
+    feature_sizes, strides, sizes, aspect_ratios = call
+    levels = generate_anchors(feature_sizes, strides, sizes, aspect_ratios)
     expected = generate_anchors_reference(feature_sizes, strides, sizes, aspect_ratios)
-    for a, b in zip(levels, expected, strict=True):
-        assert torch.equal(a, b)
+    assert len(levels) == len(expected) == len(feature_sizes)
+    for (height, width), got, want in zip(feature_sizes, levels, expected, strict=True):
+        assert got.shape == (height * width * len(aspect_ratios), 4)
+        assert torch.equal(got, want)
+    event("valid call")
+
+
+_SEQUENCE_FIELDS = ("feature_sizes", "strides", "sizes", "aspect_ratios")
+# Each corruption of one argument and the error naming it.
+_ANCHOR_CORRUPTIONS = {
+    "no level or too many": (ValueError, "feature_sizes must hold 1 to 8 levels"),
+    "a feature size not two ints >= 0": (
+        ValueError,
+        r"feature_sizes\[\d\] must be \(height, width\) ints >= 0",
+    ),
+    "strides not one per level": (ValueError, r"strides must hold one value per level"),
+    "sizes not one per level": (ValueError, r"sizes must hold one value per level"),
+    "a stride not a positive int": (ValueError, r"strides\[\d\] must be a positive int"),
+    "a size not positive and finite": (ValueError, r"sizes\[\d\] must be a positive finite number"),
+    "an aspect ratio not positive and finite": (
+        ValueError,
+        r"aspect_ratios\[\d\] must be a positive finite number",
+    ),
+    "no aspect ratio": (ValueError, "aspect_ratios must not be empty"),
+    "an argument not a sequence": (
+        TypeError,
+        r"(feature_sizes|strides|sizes|aspect_ratios) must be a sequence",
+    ),
+}
+_BAD_NUMBERS = [0, -2, 0.0, -1.5, math.nan, math.inf, True, None, "4"]
+
+
+def _corrupt_anchor_call(name: str, call: tuple, draw) -> tuple:
+    """The valid `call` with the one argument that corruption `name` spoils made invalid."""
+    feature_sizes, strides, sizes, aspect_ratios = (list(v) for v in call)
+    level = draw(st.integers(0, len(feature_sizes) - 1))
+    if name == "no level or too many":
+        count = draw(st.sampled_from([0, 9]))
+        feature_sizes, strides, sizes = [(2, 2)] * count, [4] * count, [32] * count
+    elif name == "a feature size not two ints >= 0":
+        feature_sizes[level] = draw(
+            st.sampled_from([(2, -1), (2.0, 3), (1, 2, 3), (True, 1), 4, "ab"])
+        )
+    elif name == "strides not one per level":
+        strides = draw(st.sampled_from([strides[1:], [*strides, 8]]))
+    elif name == "sizes not one per level":
+        sizes = draw(st.sampled_from([sizes[1:], [*sizes, 8.0]]))
+    elif name == "a stride not a positive int":
+        strides[level] = draw(st.sampled_from([*_BAD_NUMBERS, 4.0]))
+    elif name == "a size not positive and finite":
+        sizes[level] = draw(st.sampled_from(_BAD_NUMBERS))
+    elif name == "an aspect ratio not positive and finite":
+        aspect_ratios[draw(st.integers(0, len(aspect_ratios) - 1))] = draw(
+            st.sampled_from(_BAD_NUMBERS)
+        )
+    elif name == "no aspect ratio":
+        aspect_ratios = []
+    else:
+        spoilt = [feature_sizes, strides, sizes, aspect_ratios]
+        spoilt[draw(st.integers(0, 3))] = draw(st.sampled_from(["1, 2", 32, None, {1: 2}]))
+        return tuple(spoilt)
+    return feature_sizes, strides, sizes, aspect_ratios
+
+
+@pytest.mark.parametrize("name", sorted(_ANCHOR_CORRUPTIONS))
+@settings(max_examples=6, deadline=None)
+@given(call=_anchor_call(), data=st.data())
+def test_one_corrupted_argument_raises_its_error(name, call, data):
+    """A valid call with exactly one argument spoilt is refused, by the op and by its reference,
+    with the error naming it."""
+    error, message = _ANCHOR_CORRUPTIONS[name]
+    args = _corrupt_anchor_call(name, call, data.draw)
+    for op in (generate_anchors, generate_anchors_reference):
+        with pytest.raises(error, match=message):
+            op(*args)

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from harness.ops import decode_boxes, decode_boxes_reference, encode_boxes, encode_boxes_reference
+from harness.ops.box_coder import DEFAULT_BBOX_XFORM_CLIP
 from tests.conftest import devices
 
 BOX_HEAD = (10.0, 10.0, 5.0, 5.0)
@@ -182,29 +183,154 @@ def test_bad_arguments(call, error, match):
         call()
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    rows=st.integers(0, 4),
-    first_width=st.integers(0, 9),
-    second_rows=st.integers(0, 4),
-    second_width=st.integers(0, 5),
-    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int32]),
-    weights=st.lists(
-        st.one_of(st.floats(allow_nan=True), st.integers(-2, 3), st.none()), max_size=5
+def _boxes(draw, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """[n, 4] valid boxes: x1 <= x2, y1 <= y2, from 0 to 300 pixels wide (+1 widths: >= 1)."""
+    rows = []
+    for _ in range(n):
+        x1, y1 = draw(st.floats(-50, 1000)), draw(st.floats(-50, 1000))
+        rows.append([x1, y1, x1 + draw(st.floats(0, 300)), y1 + draw(st.floats(0, 300))])
+    return torch.tensor(rows, dtype=dtype).reshape(n, 4)
+
+
+@st.composite
+def _coder_call(draw, min_boxes: int = 0):
+    """Valid arguments of both ops: (reference_boxes, proposals, deltas [N, 4k], weights, clip)
+    with boxes x1 <= x2 and y1 <= y2, weights > 0 and deltas whose dw, dh reach past the clip."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    n = draw(st.integers(min_boxes, 6))
+    groups = draw(st.integers(1, 3))
+    delta = st.floats(-4, 4) | st.floats(-30, 30)
+    deltas = torch.tensor(draw(st.lists(delta, min_size=4 * n * groups, max_size=4 * n * groups)))
+    weights = draw(st.tuples(*[st.floats(0.1, 20) | st.integers(1, 10)] * 4))
+    clip = draw(st.sampled_from([DEFAULT_BBOX_XFORM_CLIP, 0.0, 2.5, math.inf]))
+    gt, proposals = _boxes(draw, n, dtype), _boxes(draw, n, dtype)
+    return gt, proposals, deltas.to(dtype).reshape(n, 4 * groups), weights, clip
+
+
+@settings(max_examples=50, deadline=None)
+@given(call=_coder_call())
+def test_valid_calls_match_the_reference(call):
+    """Every draw is a valid call (asserted), so every draw reaches the comparisons: both kernels
+    equal the reference's arithmetic, and decoding the encoded deltas (without clip) gives the
+    ground truth back."""
+    gt, proposals, deltas, weights, clip = call
+    for boxes in (gt, proposals):
+        assert (boxes[:, 2:] >= boxes[:, :2]).all() and boxes.isfinite().all()
+    tol = TOLERANCE[gt.dtype]
+    encoded = encode_boxes(gt, proposals, weights)
+    torch.testing.assert_close(encoded, encode_boxes_reference(gt, proposals, weights), **tol)
+    decoded = decode_boxes(deltas, proposals, weights, clip)
+    expected = decode_boxes_reference(deltas, proposals, weights, clip)
+    torch.testing.assert_close(decoded, expected, **tol)
+    round_trip = decode_boxes(encoded, proposals, weights, math.inf)
+    torch.testing.assert_close(
+        round_trip, gt, rtol=0, atol=2e-2 if gt.dtype == torch.float32 else 1e-8
+    )
+    event("valid call")
+    scales = torch.cat([deltas[:, 2::4] / weights[2], deltas[:, 3::4] / weights[3]], 1)
+    event(f"some dw or dh clipped: {bool((scales > clip).any())}")
+
+
+# Each corruption of one argument: (op, error, message).
+_CODER_CORRUPTIONS = {
+    "encode: reference_boxes not [N, 4]": (
+        "encode",
+        ValueError,
+        r"reference_boxes must have shape \[N, 4\]",
     ),
-)
-def test_fuzz_arguments_raise_or_work(rows, first_width, second_rows, second_width, dtype, weights):
-    first = torch.rand(rows, first_width).to(dtype)
-    second = torch.rand(second_rows, second_width).to(dtype)
-    for call in (
-        lambda: encode_boxes(first, second, weights),
-        lambda: decode_boxes(first, second, weights),
-    ):
-        try:
-            out = call()
-        except (TypeError, ValueError):
-            continue
-        assert out.shape == first.shape
+    "encode: proposals of another length": (
+        "encode",
+        ValueError,
+        r"proposals must have shape \[\d+, 4\]",
+    ),
+    "encode: proposals of another dtype": (
+        "encode",
+        ValueError,
+        "proposals must have the dtype of reference_boxes",
+    ),
+    "encode: integer reference_boxes": (
+        "encode",
+        ValueError,
+        "reference_boxes must be floating point",
+    ),
+    "encode: proposals not a Tensor": ("encode", TypeError, "proposals must be a Tensor"),
+    "encode: not 4 weights": (
+        "encode",
+        ValueError,
+        r"weights must be 4 numbers \(wx, wy, ww, wh\)",
+    ),
+    "encode: a weight not positive and finite": (
+        "encode",
+        ValueError,
+        r"weights\[\d\] must be a positive finite number",
+    ),
+    "decode: deltas not [N, 4k]": ("decode", ValueError, r"deltas must have shape \[N, 4 \* k\]"),
+    "decode: boxes of another length": ("decode", ValueError, r"boxes must have shape \[\d+, 4\]"),
+    "decode: integer deltas": ("decode", ValueError, "deltas must be floating point"),
+    "decode: not 4 weights": (
+        "decode",
+        ValueError,
+        r"weights must be 4 numbers \(wx, wy, ww, wh\)",
+    ),
+    "decode: a weight not positive and finite": (
+        "decode",
+        ValueError,
+        r"weights\[\d\] must be a positive finite number",
+    ),
+    "decode: NaN clip": ("decode", ValueError, "bbox_xform_clip must not be NaN"),
+    "decode: clip not a number": ("decode", TypeError, "bbox_xform_clip must be a real number"),
+}
+
+
+def _corrupt_coder_call(name: str, call: tuple, draw) -> tuple:
+    """The valid `call` with the one argument that corruption `name` spoils made invalid."""
+    gt, proposals, deltas, weights, clip = call
+    if name.endswith("not 4 weights"):
+        weights = draw(st.sampled_from([weights[:3], (*weights, 1.0), (), 1.0]))
+    elif name.endswith("a weight not positive and finite"):
+        spoilt = list(weights)
+        spoilt[draw(st.integers(0, 3))] = draw(
+            st.sampled_from([0, -1.0, math.nan, math.inf, True, "1"])
+        )
+        weights = tuple(spoilt)
+    elif name == "encode: reference_boxes not [N, 4]":
+        gt = draw(st.sampled_from([gt[:, :3], torch.cat([gt, gt[:, :1]], 1), gt[None]]))
+    elif name == "encode: proposals of another length":
+        proposals = draw(st.sampled_from([proposals[1:], torch.cat([proposals, proposals[:1]])]))
+    elif name == "encode: proposals of another dtype":
+        other = torch.float64 if gt.dtype == torch.float32 else torch.float32
+        proposals = proposals.to(draw(st.sampled_from([other, torch.float16])))
+    elif name == "encode: integer reference_boxes":
+        gt = gt.to(draw(st.sampled_from([torch.int64, torch.int32])))
+    elif name == "encode: proposals not a Tensor":
+        proposals = proposals.tolist()
+    elif name == "decode: deltas not [N, 4k]":
+        deltas = draw(
+            st.sampled_from([deltas[:, 1:], torch.cat([deltas, deltas[:, :2]], 1), deltas[None]])
+        )
+    elif name == "decode: boxes of another length":
+        proposals = draw(st.sampled_from([proposals[1:], torch.cat([proposals, proposals[:1]])]))
+    elif name == "decode: integer deltas":
+        deltas = deltas.to(draw(st.sampled_from([torch.int64, torch.int32])))
+    elif name == "decode: NaN clip":
+        clip = math.nan
+    else:
+        clip = draw(st.sampled_from(["4", None, True]))
+    return gt, proposals, deltas, weights, clip
+
+
+@pytest.mark.parametrize("name", sorted(_CODER_CORRUPTIONS))
+@settings(max_examples=5, deadline=None)
+@given(call=_coder_call(min_boxes=1), data=st.data())
+def test_one_corrupted_argument_raises_its_error(name, call, data):
+    """A valid call with exactly one argument spoilt is refused with the error naming it."""
+    op, error, message = _CODER_CORRUPTIONS[name]
+    gt, proposals, deltas, weights, clip = _corrupt_coder_call(name, call, data.draw)
+    with pytest.raises(error, match=message):
+        if op == "encode":
+            encode_boxes(gt, proposals, weights)
+        else:
+            decode_boxes(deltas, proposals, weights, clip)
 
 
 @pytest.mark.cuda

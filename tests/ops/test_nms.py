@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from harness import extension
@@ -188,32 +188,131 @@ def test_bad_idxs():
         batched_nms(boxes, scores, [0, 0, 0], 0.5)
 
 
-_dtypes = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64])
+_NAN = float("nan")
+
+
+@st.composite
+def _nms_call(draw, min_boxes: int = 0):
+    """A valid (boxes, scores, idxs, threshold, legacy): x1 <= x2 and y1 <= y2, finite scores
+    (ties among them likely), boxes jittered around one to three centres so that suppression
+    happens in most draws, a threshold in [0, 1] and up to three groups. Boxes are at most 2, 8
+    or 40 pixels wide: on small ones the +1 widths of legacy=True change the kept set often."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    n = draw(st.integers(min_boxes, 12))
+    centres = draw(
+        st.lists(st.tuples(st.floats(0, 100), st.floats(0, 100)), min_size=1, max_size=3)
+    )
+    size = draw(st.sampled_from([2.0, 8.0, 40.0]))
+    offset, extent = st.floats(-size / 4, size / 4), st.floats(0, size)
+    rows = []
+    for _ in range(n):
+        cx, cy = draw(st.sampled_from(centres))
+        x1, y1 = cx + draw(offset), cy + draw(offset)
+        rows.append([x1, y1, x1 + draw(extent), y1 + draw(extent)])
+    score = st.one_of(st.floats(0, 1), st.sampled_from([0.25, 0.5]))
+    scores = torch.tensor(draw(st.lists(score, min_size=n, max_size=n)), dtype=dtype)
+    groups = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    idxs = torch.tensor(groups, dtype=draw(st.sampled_from([torch.int64, torch.int32])))
+    boxes = torch.tensor(rows, dtype=dtype).reshape(n, 4)
+    return boxes, scores, idxs, draw(st.floats(0, 1)), draw(st.booleans())
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    n=st.integers(0, 6),
-    width=st.integers(0, 6),
-    score_n=st.integers(0, 6),
-    box_dtype=_dtypes,
-    score_dtype=_dtypes,
-    idx_n=st.integers(0, 6),
-    threshold=st.one_of(st.floats(allow_nan=True), st.none(), st.booleans(), st.integers()),
-)
-def test_fuzz_arguments_raise_or_work(n, width, score_n, box_dtype, score_dtype, idx_n, threshold):
-    boxes = (torch.rand(n, width) * 10).to(box_dtype)
-    scores = torch.rand(score_n).to(score_dtype)
-    idxs = torch.zeros(idx_n, dtype=torch.long)
-    for call in (
-        lambda: nms(boxes, scores, threshold),
-        lambda: batched_nms(boxes, scores, idxs, threshold),
-    ):
-        try:
-            kept = call()
-        except (TypeError, ValueError):
-            continue
-        assert kept.dtype == torch.int64 and kept.numel() <= n
+@given(call=_nms_call())
+def test_valid_calls_match_the_references(call):
+    """Every draw is a valid call (asserted), so every draw reaches the comparisons: the kernels'
+    kept indices equal the pure-PyTorch references', and torchvision's without +1 widths."""
+    boxes, scores, idxs, threshold, legacy = call
+    assert (boxes[:, 2:] >= boxes[:, :2]).all() and scores.isfinite().all()
+    kept = nms(boxes, scores, threshold, legacy)
+    assert torch.equal(kept, nms_reference(boxes, scores, threshold, legacy))
+    grouped = batched_nms(boxes, scores, idxs, threshold, legacy)
+    assert torch.equal(grouped, batched_nms_reference(boxes, scores, idxs, threshold, legacy))
+    if not legacy:
+        assert torch.equal(kept, torchvision.ops.nms(boxes, scores, threshold))
+        assert torch.equal(grouped, torchvision.ops.batched_nms(boxes, scores, idxs, threshold))
+    assert torch.equal(nms_mask(boxes, scores, threshold, legacy).nonzero()[:, 0], kept.sort()[0])
+    mask = batched_nms_mask(boxes, scores, idxs, threshold, legacy)
+    assert torch.equal(mask.nonzero()[:, 0], grouped.sort()[0])
+    event("valid call")
+    event(f"suppressed some: {len(kept) < len(boxes)}")
+    other = nms(boxes, scores, threshold, not legacy)
+    event(f"+1 widths change the kept set: {not torch.equal(kept, other)}")
+
+
+_SINGLE = (nms, nms_mask, nms_reference)
+_BATCHED = (batched_nms, batched_nms_mask, batched_nms_reference)
+# Each corruption of one field: (error, message, whether only the batched ops take the field).
+_NMS_CORRUPTIONS = {
+    "NaN box coordinate": (ValueError, "boxes contains NaN", False),
+    "NaN score": (ValueError, "scores contains NaN", False),
+    "boxes not [N, 4]": (ValueError, r"boxes must have shape \[N, 4\]", False),
+    "boxes of another length than scores": (
+        ValueError,
+        r"scores must have shape \[\d+\] to match boxes",
+        False,
+    ),
+    "boxes not float32/float64": (ValueError, "boxes must be float32 or float64", False),
+    "scores of another dtype": (ValueError, "scores must have the dtype of boxes", False),
+    "boxes not a Tensor": (TypeError, "boxes must be a Tensor", False),
+    "NaN threshold": (ValueError, "iou_threshold must not be NaN", False),
+    "threshold not a number": (TypeError, "iou_threshold must be a real number", False),
+    "legacy not a bool": (TypeError, "legacy must be a bool", False),
+    "idxs not integers": (ValueError, "idxs must have an integer dtype", True),
+    "idxs of another length": (ValueError, r"idxs must have shape \[\d+\] to match boxes", True),
+}
+
+
+def _corrupt_nms_call(name: str, call: tuple, draw) -> tuple:
+    """The valid `call` with the one field that corruption `name` spoils made invalid."""
+    boxes, scores, idxs, threshold, legacy = call
+    row = draw(st.integers(0, len(boxes) - 1))
+    if name == "NaN box coordinate":
+        boxes = boxes.clone()
+        boxes[row, draw(st.integers(0, 3))] = _NAN
+    elif name == "NaN score":
+        scores = scores.clone()
+        scores[row] = _NAN
+    elif name == "boxes not [N, 4]":
+        boxes = draw(
+            st.sampled_from([boxes[:, :3], torch.cat([boxes, boxes[:, :1]], 1), boxes[None]])
+        )
+    elif name == "boxes of another length than scores":
+        boxes = draw(st.sampled_from([boxes[1:], torch.cat([boxes, boxes[:1]])]))
+    elif name == "boxes not float32/float64":
+        boxes = boxes.to(draw(st.sampled_from([torch.float16, torch.int64, torch.bfloat16])))
+    elif name == "scores of another dtype":
+        other = torch.float64 if scores.dtype == torch.float32 else torch.float32
+        scores = scores.to(draw(st.sampled_from([other, torch.float16, torch.int64])))
+    elif name == "boxes not a Tensor":
+        boxes = boxes.tolist()
+    elif name == "NaN threshold":
+        threshold = _NAN
+    elif name == "threshold not a number":
+        threshold = draw(st.sampled_from(["0.5", None, True, torch.tensor(0.5)]))
+    elif name == "legacy not a bool":
+        legacy = draw(st.sampled_from([0, 1, "yes", None]))
+    elif name == "idxs not integers":
+        idxs = idxs.to(draw(st.sampled_from([torch.float32, torch.bool])))
+    else:
+        idxs = draw(st.sampled_from([idxs[1:], torch.cat([idxs, idxs[:1]]), idxs[None]]))
+    return boxes, scores, idxs, threshold, legacy
+
+
+@pytest.mark.parametrize("name", sorted(_NMS_CORRUPTIONS))
+@settings(max_examples=6, deadline=None)
+@given(call=_nms_call(min_boxes=1), data=st.data())
+def test_one_corrupted_field_raises_its_error(name, call, data):
+    """A valid call with exactly one field spoilt: each op and its reference refuse it with the
+    error that names that field."""
+    boxes, scores, idxs, threshold, legacy = _corrupt_nms_call(name, call, data.draw)
+    error, message, batched_only = _NMS_CORRUPTIONS[name]
+    calls = [(op, (boxes, scores, idxs, threshold, legacy)) for op in _BATCHED]
+    if not batched_only:
+        calls += [(op, (boxes, scores, threshold, legacy)) for op in _SINGLE]
+    for op, args in calls:
+        with pytest.raises(error, match=message):
+            op(*args)
 
 
 def tie_free(n: int, seed: int, dtype=torch.float32):

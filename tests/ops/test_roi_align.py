@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torchvision
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from harness.ops import (
@@ -366,47 +366,136 @@ def test_bad_multilevel_arguments_raise(features, scales, match):
         multilevel_roi_align(features, rois, 7, scales, 2)
 
 
-finite_or_not = st.one_of(
-    st.floats(-50, 50), st.sampled_from([math.nan, math.inf, -math.inf, 1e30])
-)
+@pytest.mark.parametrize("aligned", [False, True])
+def test_huge_coordinates_stay_in_bounds(aligned):
+    """Finite but huge ROIs (1e30) are valid: they pool in bounds without raising, and to finite
+    values with a fixed sampling grid (an adaptive grid that large has no meaningful value)."""
+    features = torch.randn(2, 3, 5, 6)
+    rois = torch.tensor([[0, 1e30, 2, 1e30, 4], [1, -1e30, -1e30, 1e30, 1e30], [0, 1, 1, 1e30, 3]])
+    for sampling_ratio in (2, -1):
+        pooled = roi_align(features, rois, 3, 1.0, sampling_ratio, aligned)
+        assert pooled.shape == (3, 3, 3, 3)
+        assert sampling_ratio <= 0 or torch.isfinite(pooled).all()
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    input_shape=st.lists(st.integers(0, 5), min_size=3, max_size=5),
-    input_dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.int64]),
-    roi_rows=st.integers(0, 4),
-    roi_cols=st.integers(4, 6),
-    roi_values=st.lists(finite_or_not, min_size=30, max_size=30),
-    output_size=st.one_of(st.integers(-1, 3), st.tuples(st.integers(-1, 3), st.integers(-1, 3))),
-    spatial_scale=st.sampled_from([1.0, 0.5, 0.0, -1.0, math.inf]),
-    sampling_ratio=st.integers(-2, 3),
-    aligned=st.booleans(),
-)
-def test_fuzz_bad_input_raises_python_errors(
-    input_shape,
-    input_dtype,
-    roi_rows,
-    roi_cols,
-    roi_values,
-    output_size,
-    spatial_scale,
-    sampling_ratio,
-    aligned,
-):
-    """Any argument combination either pools to the documented shape or raises TypeError or
-    ValueError from the wrapper; nothing reaches the kernels that would crash or raise there."""
-    features = torch.ones(input_shape).to(input_dtype)
-    rois = torch.tensor(roi_values[: roi_rows * roi_cols]).reshape(roi_rows, roi_cols)
-    if roi_cols > 0 and roi_rows > 0:
-        # Mostly valid batch indices, so the checks after the first one are exercised too.
-        rois[:, 0] = rois[:, 0].abs().floor().clamp(max=2)
-    try:
-        pooled = roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    except (TypeError, ValueError):
-        return
-    size = (output_size, output_size) if isinstance(output_size, int) else output_size
-    assert pooled.shape == (roi_rows, input_shape[1], *size)
-    assert pooled.dtype == input_dtype
-    # Box coordinates of 1e30 make the adaptive sampling grid meaningless but must stay finite.
-    assert torch.isfinite(pooled).all() or sampling_ratio <= 0
+@st.composite
+def _roi_align_call(draw, min_rois: int = 0):
+    """A valid roi_align call: (input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    with integer batch indices in range and x1 <= x2, y1 <= y2, the boxes reaching a few pixels
+    past the map on each side (where the samples are clamped or dropped)."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    batch, channels = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    height, width = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    seed = draw(st.integers(0, 2**16))
+    features = torch.randn(
+        batch, channels, height, width, dtype=dtype, generator=torch.Generator().manual_seed(seed)
+    )
+    scale = draw(st.sampled_from([0.25, 0.5, 1.0, 2.0]))
+    rows = []
+    for _ in range(draw(st.integers(min_rois, 5))):
+        x1, y1 = (draw(st.floats(-3 / scale, side / scale)) for side in (width, height))
+        x2, y2 = x1 + draw(st.floats(0, width / scale)), y1 + draw(st.floats(0, height / scale))
+        rows.append([draw(st.integers(0, batch - 1)), x1, y1, x2, y2])
+    rois = torch.tensor(rows, dtype=dtype).reshape(-1, 5)
+    output_size = draw(
+        st.one_of(st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4)))
+    )
+    return features, rois, output_size, scale, draw(st.integers(-1, 3)), draw(st.booleans())
+
+
+@settings(max_examples=50, deadline=None)
+@given(call=_roi_align_call(min_rois=1))
+def test_valid_calls_match_the_reference_and_torchvision(call):
+    """Every draw is a valid call (asserted), so every draw reaches the comparisons: pooled values
+    and input gradients equal the pure-PyTorch reference's and torchvision's."""
+    features, rois, output_size, scale, sampling_ratio, aligned = call
+    assert (rois[:, 3:] >= rois[:, 1:3]).all() and (
+        (rois[:, 0] >= 0) & (rois[:, 0] < len(features))
+    ).all()
+    ours_input = features.clone().requires_grad_()
+    peer_input = features.clone().requires_grad_()
+    args = (output_size, scale, sampling_ratio, aligned)
+    ours = roi_align(ours_input, rois, *args)
+    peer = torchvision.ops.roi_align(peer_input, rois, *args)
+    assert_close(ours, roi_align_reference(features, rois, *args))
+    assert_close(ours, peer)
+    grad = torch.randn_like(peer)
+    ours.backward(grad)
+    peer.backward(grad)
+    assert_close(ours_input.grad, peer_input.grad)
+    event("valid call")
+    event(f"some pooled value nonzero: {bool((ours != 0).any())}")
+
+
+# Each corruption of one argument and the error naming it.
+_ROI_ALIGN_CORRUPTIONS = {
+    "non-finite roi": (ValueError, "rois must be finite; found NaN or inf"),
+    "batch index out of range": (
+        ValueError,
+        r"rois\[:, 0\] \(batch index\) must hold integers in \[0, ",
+    ),
+    "fractional batch index": (ValueError, r"rois\[:, 0\] \(batch index\) must hold integers"),
+    "rois not [K, 5]": (ValueError, r"rois must be \[K, 5\]"),
+    "rois not floating point": (TypeError, "rois must be a floating point tensor"),
+    "rois not a Tensor": (TypeError, "rois must be a torch.Tensor"),
+    "input not [B, C, H, W]": (ValueError, r"input must be \[B, C, H, W\]"),
+    "input of an integer dtype": (TypeError, "input must be float16, bfloat16, float32 or float64"),
+    "input without pixels": (ValueError, "input has an empty spatial size"),
+    "output_size not positive": (ValueError, "output_size must be positive"),
+    "output_size not ints": (TypeError, "output_size must be an int or a pair of ints"),
+    "spatial_scale not finite and positive": (
+        ValueError,
+        "spatial_scale must be a finite positive number",
+    ),
+    "sampling_ratio not an int": (TypeError, "sampling_ratio must be an int"),
+    "aligned not a bool": (TypeError, "aligned must be a bool"),
+}
+
+
+def _corrupt_roi_align_call(name: str, call: tuple, draw) -> tuple:
+    """The valid `call` with the one argument that corruption `name` spoils made invalid."""
+    features, rois, output_size, scale, sampling_ratio, aligned = call
+    row = draw(st.integers(0, len(rois) - 1))
+    if name == "non-finite roi":
+        rois = rois.clone()
+        rois[row, draw(st.integers(0, 4))] = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
+    elif name == "batch index out of range":
+        rois = rois.clone()
+        rois[row, 0] = draw(st.sampled_from([-1, len(features), len(features) + 7]))
+    elif name == "fractional batch index":
+        rois = rois.clone()
+        rois[row, 0] += draw(st.sampled_from([0.5, 1e-3, -0.25]))
+    elif name == "rois not [K, 5]":
+        rois = draw(st.sampled_from([rois[:, 1:], torch.cat([rois, rois[:, :1]], 1), rois[None]]))
+    elif name == "rois not floating point":
+        rois = rois.to(draw(st.sampled_from([torch.int64, torch.int32])))
+    elif name == "rois not a Tensor":
+        rois = rois.tolist()
+    elif name == "input not [B, C, H, W]":
+        features = draw(st.sampled_from([features[0], features[None], features.flatten(2)]))
+    elif name == "input of an integer dtype":
+        features = features.to(draw(st.sampled_from([torch.int64, torch.uint8, torch.bool])))
+    elif name == "input without pixels":
+        features = draw(st.sampled_from([features[:, :, :0], features[..., :0]]))
+    elif name == "output_size not positive":
+        output_size = draw(st.sampled_from([0, -2, (0, 3), (2, -1)]))
+    elif name == "output_size not ints":
+        output_size = draw(st.sampled_from([2.0, (2, 2, 2), (2.0, 2), "7", True]))
+    elif name == "spatial_scale not finite and positive":
+        scale = draw(st.sampled_from([0.0, -0.5, math.nan, math.inf, True, "1"]))
+    elif name == "sampling_ratio not an int":
+        sampling_ratio = draw(st.sampled_from([2.0, None, True]))
+    else:
+        aligned = draw(st.sampled_from([0, 1, None, "no"]))
+    return features, rois, output_size, scale, sampling_ratio, aligned
+
+
+@pytest.mark.parametrize("name", sorted(_ROI_ALIGN_CORRUPTIONS))
+@settings(max_examples=5, deadline=None)
+@given(call=_roi_align_call(min_rois=1), data=st.data())
+def test_one_corrupted_argument_raises_its_error(name, call, data):
+    """A valid call with exactly one argument spoilt is refused with the error naming it (none
+    reaches the kernels)."""
+    error, message = _ROI_ALIGN_CORRUPTIONS[name]
+    with pytest.raises(error, match=message):
+        roi_align(*_corrupt_roi_align_call(name, call, data.draw))
