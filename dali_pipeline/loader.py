@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from dali_pipeline.pipeline import HostBatch, coco_pipeline
+from harness.config import DataConfig
 from harness.data.batch import Batch, Normalization
 from harness.data.coco import CocoDataError, CocoSet, CorruptImageError
 from harness.data.images import decode, size_mismatch
@@ -40,6 +41,25 @@ class DaliSettings:
     decode_device: str  # cpu | mixed
     device_id: int | None
     norm: Normalization
+
+    @classmethod
+    def of(cls, data: DataConfig, norm: Normalization) -> DaliSettings:
+        """The settings cfg.data asks for; decode_device auto is mixed when a GPU is visible."""
+        device = data.decode_device
+        if device == "auto":
+            device = "mixed" if torch.cuda.is_available() else "cpu"
+        if device == "mixed" and not torch.cuda.is_available():
+            raise ValueError("data.decode_device=mixed needs a CUDA GPU; none is visible")
+        return cls(
+            min_size=data.min_size,
+            max_size=data.max_size,
+            size_divisibility=data.size_divisibility,
+            flip_prob=data.flip_prob,
+            num_threads=max(1, data.num_workers),
+            decode_device=device,
+            device_id=torch.cuda.current_device() if device == "mixed" else None,
+            norm=norm,
+        )
 
 
 def _to_torch(tensor) -> Tensor:
@@ -152,18 +172,24 @@ class DaliTrainLoader:
     def __init__(
         self,
         coco: CocoSet,
-        settings: DaliSettings,
+        data: DataConfig,
+        norm: Normalization,
         batch_size: int,
         rank: int,
         world_size: int,
         seed: int,
-        grouping: bool,
     ) -> None:
         landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
         self.epochs = GroupedEpochs(
-            landscape, batch_size, rank, world_size, seed, settings.flip_prob, grouping
+            landscape,
+            batch_size,
+            rank,
+            world_size,
+            seed,
+            data.flip_prob,
+            data.aspect_ratio_grouping,
         )
-        self.coco, self.settings = coco, settings
+        self.coco, self.settings = coco, DaliSettings.of(data, norm)
         self.batch_size, self.world_size = batch_size, world_size
         self.num_samples = len(coco.records)
         self.epoch, self.skip = 0, 0
@@ -200,13 +226,14 @@ class DaliValLoader:
     num_samples: val images over all ranks."""
 
     def __init__(
-        self, coco: CocoSet, settings: DaliSettings, batch_size: int, rank: int, world_size: int
+        self, coco: CocoSet, data: DataConfig, norm: Normalization, rank: int, world_size: int
     ) -> None:
-        self.coco, self.settings, self.batch_size = coco, settings, batch_size
+        self.coco, self.settings = coco, DaliSettings.of(data, norm)
+        self.batch_size = size = data.val_ims_per_batch
         self.num_samples = len(coco.records)
         start, end = shard_range(len(coco.records), rank, world_size)
         keys = [(i, False) for i in range(start, end)]
-        self.batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+        self.batches = [keys[i : i + size] for i in range(0, len(keys), size)]
         # One pipeline for all passes; a pass left unfinished drops it.
         self.stream: _Stream | None = None
         self.stream_at = 0  # the batch of a pass the stream returns next

@@ -6,8 +6,10 @@ plain PyTorch one (harness.data.loader), picked by cfg.data.loader; both apply t
 (harness.data.transforms) and the same annotation filtering (harness.data.coco) and differ only in
 how pixels are decoded and resized.
 
-torch, torchvision and DALI are imported when a loader is built, not with the package, so that
-`python -m harness.data.synthetic` starts in a fraction of the time.
+Imports go one way: dali_pipeline imports harness.data, and harness.data imports dali_pipeline only
+in `_loader_classes`, when a DALI loader is built. torch, torchvision and DALI are imported when a
+loader is built, not with the package, so that `python -m harness.data.synthetic` starts in a
+fraction of the time.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from harness.data.coco import (
 from harness.data.sampler import iterations_per_epoch
 
 if TYPE_CHECKING:
-    from dali_pipeline.loader import DaliSettings
     from harness.data.batch import Batch, Normalization
 
 __all__ = [
@@ -64,26 +65,16 @@ def resolve_loader(data: DataConfig) -> str:
     return data.loader
 
 
-def _dali_settings(data: DataConfig, norm: Normalization) -> DaliSettings:
-    import torch
+def _loader_classes(data: DataConfig) -> tuple[type, type]:
+    """The (train, val) loader classes cfg.data.loader picks, all four built from
+    (coco, data, normalization, ...)."""
+    if resolve_loader(data) == "dali":
+        from dali_pipeline.loader import DaliTrainLoader, DaliValLoader
 
-    device = data.decode_device
-    if device == "auto":
-        device = "mixed" if torch.cuda.is_available() else "cpu"
-    if device == "mixed" and not torch.cuda.is_available():
-        raise ValueError("data.decode_device=mixed needs a CUDA GPU; none is visible")
-    from dali_pipeline.loader import DaliSettings
+        return DaliTrainLoader, DaliValLoader
+    from harness.data.loader import TorchTrainLoader, TorchValLoader
 
-    return DaliSettings(
-        min_size=data.min_size,
-        max_size=data.max_size,
-        size_divisibility=data.size_divisibility,
-        flip_prob=data.flip_prob,
-        num_threads=max(1, data.num_workers),
-        decode_device=device,
-        device_id=torch.cuda.current_device() if device == "mixed" else None,
-        norm=norm,
-    )
+    return TorchTrainLoader, TorchValLoader
 
 
 def check_inputs(cfg: Config) -> None:
@@ -135,26 +126,8 @@ def build_train_loader(
             f"{per_rank} per rank and epoch on {world_size} ranks"
             + (" with aspect-ratio grouping" if data.aspect_ratio_grouping else "")
         )
-    if resolve_loader(data) == "dali":
-        from dali_pipeline.loader import DaliTrainLoader
-
-        settings = _dali_settings(data, normalization)
-        return DaliTrainLoader(
-            coco, settings, per_rank, rank, world_size, seed, data.aspect_ratio_grouping
-        )
-    from harness.data.loader import CocoImages, TorchTrainLoader
-
-    return TorchTrainLoader(
-        CocoImages(coco, data.min_size, data.max_size, normalization),
-        per_rank,
-        rank,
-        world_size,
-        seed,
-        data.flip_prob,
-        data.aspect_ratio_grouping,
-        data.size_divisibility,
-        data.num_workers,
-    )
+    train_loader, _ = _loader_classes(data)
+    return train_loader(coco, data, normalization, per_rank, rank, world_size, seed)
 
 
 def build_val_loader(
@@ -166,21 +139,8 @@ def build_val_loader(
     data = cfg.data
     coco = load_coco(data.root, data.val_split, keep_empty_images=True)
     check_num_classes(coco, cfg.model.num_classes)
-    if resolve_loader(data) == "dali":
-        from dali_pipeline.loader import DaliValLoader
-
-        settings = _dali_settings(data, normalization)
-        return DaliValLoader(coco, settings, data.val_ims_per_batch, rank, world_size)
-    from harness.data.loader import CocoImages, TorchValLoader
-
-    return TorchValLoader(
-        CocoImages(coco, data.min_size, data.max_size, normalization),
-        data.val_ims_per_batch,
-        rank,
-        world_size,
-        data.size_divisibility,
-        data.num_workers,
-    )
+    _, val_loader = _loader_classes(data)
+    return val_loader(coco, data, normalization, rank, world_size)
 
 
 def val_annotation_file(cfg: Config) -> Path:

@@ -8,7 +8,6 @@ itself and is raised in the main process (DataLoader would re-raise it as a mult
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -17,6 +16,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from harness.config import DataConfig
 from harness.data.batch import Batch, ImageTarget, Normalization
 from harness.data.coco import CocoDataError, CocoRecord, CocoSet
 from harness.data.images import decode, size_mismatch
@@ -107,31 +107,35 @@ class TorchTrainLoader:
 
     def __init__(
         self,
-        dataset: CocoImages,
+        coco: CocoSet,
+        data: DataConfig,
+        norm: Normalization,
         batch_size: int,
         rank: int,
         world_size: int,
         seed: int,
-        flip_prob: float,
-        grouping: bool,
-        size_divisibility: int,
-        num_workers: int,
     ) -> None:
-        recs = dataset.coco.records
+        recs = coco.records
         landscape = np.array([r.width > r.height for r in recs], dtype=bool)
         self.epochs = GroupedEpochs(
-            landscape, batch_size, rank, world_size, seed, flip_prob, grouping
+            landscape,
+            batch_size,
+            rank,
+            world_size,
+            seed,
+            data.flip_prob,
+            data.aspect_ratio_grouping,
         )
         self.batch_size, self.world_size = batch_size, world_size
         self.num_samples = len(recs)
         self.epoch, self.skip = 0, 0
         self.sampler = _EpochBatches()
         self.loader = DataLoader(
-            dataset,
+            CocoImages(coco, data.min_size, data.max_size, norm),
             batch_sampler=self.sampler,
-            num_workers=num_workers,
-            collate_fn=_Collate(size_divisibility),
-            persistent_workers=num_workers > 0,
+            num_workers=data.num_workers,
+            collate_fn=_Collate(data.size_divisibility),
+            persistent_workers=data.num_workers > 0,
             # Its own generator: each iter() draws a base seed, which must not advance the global
             # RNG that sampling uses, or a resumed run would draw differently from a straight one.
             generator=torch.Generator().manual_seed(seed),
@@ -156,24 +160,19 @@ class TorchValLoader:
     num_samples: val images over all ranks."""
 
     def __init__(
-        self,
-        dataset: CocoImages,
-        batch_size: int,
-        rank: int,
-        world_size: int,
-        size_divisibility: int,
-        num_workers: int,
+        self, coco: CocoSet, data: DataConfig, norm: Normalization, rank: int, world_size: int
     ) -> None:
-        self.num_samples = len(dataset)
-        start, end = shard_range(len(dataset), rank, world_size)
+        self.num_samples = len(coco.records)
+        start, end = shard_range(len(coco.records), rank, world_size)
         keys = [(i, False) for i in range(start, end)]
-        batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
-        self.num_batches = math.ceil(len(keys) / batch_size)
+        size = data.val_ims_per_batch
+        batches = [keys[i : i + size] for i in range(0, len(keys), size)]
+        self.num_batches = len(batches)
         self.loader = DataLoader(
-            dataset,
+            CocoImages(coco, data.min_size, data.max_size, norm),
             batch_sampler=batches,
-            num_workers=num_workers,
-            collate_fn=_Collate(size_divisibility),
+            num_workers=data.num_workers,
+            collate_fn=_Collate(data.size_divisibility),
         )
 
     def __len__(self) -> int:
