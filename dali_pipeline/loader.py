@@ -23,10 +23,8 @@ from harness.config import DataConfig
 from harness.data.batch import Batch, Normalization
 from harness.data.coco import CocoDataError, CocoSet, CorruptImageError
 from harness.data.images import decode, size_mismatch
-from harness.data.sampler import GroupedEpochs, batches_consumed, shard_range
+from harness.data.sampler import GroupedEpochs, Keys, shard_range
 from harness.data.transforms import padded_size, record_target, resized_size
-
-Keys = list[tuple[int, bool]]  # one batch: (record index, flip) per image
 
 
 @dataclass(frozen=True)
@@ -159,10 +157,10 @@ class _Stream:
         return Batch(_to_torch(images.as_tensor()), targets)
 
 
-class DaliTrainLoader:
+class DaliTrainLoader(GroupedEpochs):
     """Training batches of one rank: `len()` batches per epoch, aspect-ratio grouped, each epoch a
-    function of (seed, epoch) as in the PyTorch loader (harness.data.sampler.GroupedEpochs);
-    num_samples: usable training images over all ranks.
+    function of (seed, epoch) as in the PyTorch loader (the epochs, set_epoch and num_samples of
+    harness.data.sampler.GroupedEpochs).
 
     One pipeline runs on from epoch to epoch (it prefetches across the boundary); a pass that starts
     anywhere else (set_epoch to another epoch, start > 0, or a pass left unfinished) builds a new one
@@ -180,7 +178,7 @@ class DaliTrainLoader:
         seed: int,
     ) -> None:
         landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
-        self.epochs = GroupedEpochs(
+        super().__init__(
             landscape,
             batch_size,
             rank,
@@ -190,24 +188,13 @@ class DaliTrainLoader:
             data.aspect_ratio_grouping,
         )
         self.coco, self.settings = coco, DaliSettings.of(data, norm)
-        self.batch_size, self.world_size = batch_size, world_size
-        self.num_samples = len(coco.records)
-        self.epoch, self.skip = 0, 0
         self.stream: _Stream | None = None
         self.stream_at = (0, 0)  # (epoch, batch) the stream returns next
 
-    def __len__(self) -> int:
-        return self.epochs.length
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Make the next pass epoch `epoch`, without its first `start` samples (a global count, as
-        checkpoints record it). Without a call, passes run epochs 0, 1, 2, ..."""
-        self.epoch, self.skip = epoch, batches_consumed(start, self.batch_size, self.world_size)
-
     def _keys(self, epoch: int, skip: int) -> Iterator[Keys]:
-        yield from self.epochs.batches(epoch)[skip:]
+        yield from self.batches(epoch)[skip:]
         for later in itertools.count(epoch + 1):
-            yield from self.epochs.batches(later)
+            yield from self.batches(later)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.stream is None or self.stream_at != (self.epoch, self.skip):
@@ -218,7 +205,7 @@ class DaliTrainLoader:
             batch = self.stream.next()
             self.stream_at = (self.epoch, i + 1) if i + 1 < len(self) else (self.epoch + 1, 0)
             yield batch
-        self.epoch, self.skip = self.epoch + 1, 0
+        self.finish_pass()
 
 
 class DaliValLoader:

@@ -20,11 +20,7 @@ from harness.config import DataConfig
 from harness.data.batch import Batch, ImageTarget, Normalization
 from harness.data.coco import CocoDataError, CocoRecord, CocoSet
 from harness.data.images import decode, size_mismatch
-from harness.data.sampler import (
-    GroupedEpochs,
-    batches_consumed,
-    shard_range,
-)
+from harness.data.sampler import GroupedEpochs, Keys, shard_range
 from harness.data.transforms import normalize, pad_batch, record_target, resized_size
 
 
@@ -89,21 +85,21 @@ def _raise_errors(batches: Iterable[Batch | CocoDataError]) -> Iterator[Batch]:
 
 
 class _EpochBatches:
-    """The DataLoader's batch sampler: the batches of the epoch being read."""
+    """The DataLoader's batch sampler: the batches of the pass being read."""
 
     def __init__(self) -> None:
-        self.batches: list[list[tuple[int, bool]]] = []
+        self.batches: list[Keys] = []
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def __iter__(self) -> Iterator[Keys]:
         return iter(self.batches)
 
 
-class TorchTrainLoader:
-    """Training batches of one rank: `len()` batches per epoch of `batch_size` images each;
-    num_samples: usable training images over all ranks."""
+class TorchTrainLoader(GroupedEpochs):
+    """Training batches of one rank: `len()` batches per epoch of `batch_size` images each (the
+    epochs, set_epoch and num_samples of GroupedEpochs)."""
 
     def __init__(
         self,
@@ -115,9 +111,8 @@ class TorchTrainLoader:
         world_size: int,
         seed: int,
     ) -> None:
-        recs = coco.records
-        landscape = np.array([r.width > r.height for r in recs], dtype=bool)
-        self.epochs = GroupedEpochs(
+        landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
+        super().__init__(
             landscape,
             batch_size,
             rank,
@@ -126,9 +121,6 @@ class TorchTrainLoader:
             data.flip_prob,
             data.aspect_ratio_grouping,
         )
-        self.batch_size, self.world_size = batch_size, world_size
-        self.num_samples = len(recs)
-        self.epoch, self.skip = 0, 0
         self.sampler = _EpochBatches()
         self.loader = DataLoader(
             CocoImages(coco, data.min_size, data.max_size, norm),
@@ -141,18 +133,10 @@ class TorchTrainLoader:
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def __len__(self) -> int:
-        return self.epochs.length
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Make the next pass epoch `epoch`, without its first `start` samples (a global count, as
-        checkpoints record it). Without a call, passes run epochs 0, 1, 2, ..."""
-        self.epoch, self.skip = epoch, batches_consumed(start, self.batch_size, self.world_size)
-
     def __iter__(self) -> Iterator[Batch]:
-        self.sampler.batches = self.epochs.batches(self.epoch)[self.skip :]
+        self.sampler.batches = self.batches(self.epoch)[self.skip :]
         yield from _raise_errors(self.loader)
-        self.epoch, self.skip = self.epoch + 1, 0
+        self.finish_pass()
 
 
 class TorchValLoader:

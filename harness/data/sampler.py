@@ -7,10 +7,10 @@ aspect-ratio grouping): samples wait in one bucket per orientation and a full bu
 
 Every rank must run the same number of iterations, known before the epoch: `iterations_per_epoch`,
 one batch fewer than the shard could fill without grouping (what grouping can always fill, since each
-orientation's bucket leaves fewer than B images behind). Both loaders read the batches of
-`GroupedEpochs`: epochs are self-contained (the batches of epoch e are a function of seed and e alone,
-up to ~3 B images per rank and epoch are left out), so a run resumed at any batch replays exactly what
-an uninterrupted run would have read.
+orientation's bucket leaves fewer than B images behind). Both training loaders are `GroupedEpochs`:
+epochs are self-contained (the batches of epoch e are a function of seed and e alone, up to ~3 B
+images per rank and epoch are left out), so a run resumed at any batch replays exactly what an
+uninterrupted run would have read.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+Keys = list[tuple[int, bool]]  # one batch: (record index, flip) per image
 
 
 def shard_range(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -80,7 +81,12 @@ def epoch_order(
 
 
 class GroupedEpochs:
-    """The (index, flip) batches of one rank, epoch by epoch, each epoch a function of (seed, epoch)."""
+    """The (index, flip) batches of one rank, epoch by epoch, each epoch a function of (seed, epoch),
+    and where the next pass over them starts. Both training loaders are GroupedEpochs.
+
+    landscape: per usable training image, width > height; batch_size: images per rank and batch.
+    len(): batches per epoch (the same on every rank); num_samples: usable images over all ranks.
+    """
 
     def __init__(
         self,
@@ -93,16 +99,30 @@ class GroupedEpochs:
         grouping: bool,
     ) -> None:
         self.landscape = np.asarray(landscape, dtype=bool)
-        self.batch_size, self.grouping = batch_size, grouping
-        self.shard = shard_range(len(self.landscape), rank, world_size)
+        self.num_samples = len(self.landscape)
+        self.batch_size, self.world_size, self.grouping = batch_size, world_size, grouping
+        self.shard = shard_range(self.num_samples, rank, world_size)
         self.seed, self.flip_prob = seed, flip_prob
-        self.length = iterations_per_epoch(len(self.landscape), world_size, batch_size, grouping)
+        self.length = iterations_per_epoch(self.num_samples, world_size, batch_size, grouping)
+        self.epoch, self.skip = 0, 0  # the next pass: its epoch and the batches it leaves out
 
-    def batches(self, epoch: int) -> list[list[tuple[int, bool]]]:
-        """The `length` batches of `epoch`: lists of (record index, flip) of one orientation."""
-        order, flips = epoch_order(len(self.landscape), self.seed, epoch, self.flip_prob)
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make the next pass epoch `epoch`, without its first `start` samples (a global count, as
+        checkpoints record it). Without a call, passes run epochs 0, 1, 2, ..."""
+        self.epoch, self.skip = epoch, batches_consumed(start, self.batch_size, self.world_size)
+
+    def finish_pass(self) -> None:
+        """The pass ran to its end: the next one is the following epoch, whole."""
+        self.epoch, self.skip = self.epoch + 1, 0
+
+    def batches(self, epoch: int) -> list[Keys]:
+        """The `len()` batches of `epoch`: lists of (record index, flip) of one orientation."""
+        order, flips = epoch_order(self.num_samples, self.seed, epoch, self.flip_prob)
         grouper: AspectGrouper[tuple[int, bool]] = AspectGrouper(self.batch_size, self.grouping)
-        out: list[list[tuple[int, bool]]] = []
+        out: list[Keys] = []
         for pos in range(*self.shard):
             if len(out) == self.length:
                 break
