@@ -172,7 +172,7 @@ class DaliTrainLoader(GroupedEpochs):
         coco: CocoSet,
         data: DataConfig,
         norm: Normalization,
-        batch_size: int,
+        images_per_step: int,
         rank: int,
         world_size: int,
         seed: int,
@@ -180,7 +180,7 @@ class DaliTrainLoader(GroupedEpochs):
         landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
         super().__init__(
             landscape,
-            batch_size,
+            images_per_step,
             rank,
             world_size,
             seed,
@@ -200,7 +200,7 @@ class DaliTrainLoader(GroupedEpochs):
         if self.stream is None or self.stream_at != (self.epoch, self.skip):
             self.stream = None  # release the old pipeline's threads and buffers first
             keys = self._keys(self.epoch, self.skip)
-            self.stream = _Stream(self.coco, self.settings, keys, self.batch_size)
+            self.stream = _Stream(self.coco, self.settings, keys, self.images_per_rank)
         for i in range(self.skip, len(self)):
             batch = self.stream.next()
             self.stream_at = (self.epoch, i + 1) if i + 1 < len(self) else (self.epoch + 1, 0)

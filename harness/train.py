@@ -35,6 +35,7 @@ from harness.data import (
     val_annotation_file,
 )
 from harness.data.coco import CocoDataError
+from harness.data.sampler import images_per_rank
 from harness.metrics import MetricsWriter, evaluated, write_plots
 from harness.mlperf_log import MLPerfLogError, MLPerfLogger, continue_log
 from harness.model import build_model
@@ -93,7 +94,8 @@ def check_runnable(cfg: config.Config, world_size: int) -> None:
 
     - gradient accumulation: the loop takes one optimizer step per batch, so a log stating
       gradient_accumulation_steps > 1 would not be what ran;
-    - a run logging `submission_division: closed` must be a closed run (harness.closed_division).
+    - a run logging `submission_division: closed` must be a closed run (harness.closed_division);
+    - the global batch must split evenly over the ranks (harness.data.sampler.images_per_rank).
     """
     steps = cfg.solver.gradient_accumulation_steps
     if steps != 1:
@@ -108,6 +110,7 @@ def check_runnable(cfg: config.Config, world_size: int) -> None:
                 "config breaks the MLPerf closed-division rules (fix it, or set run.division=open):"
                 " " + "; ".join(problems)
             )
+    images_per_rank(cfg.solver.ims_per_batch, world_size)
 
 
 def clear_page_cache(cfg: config.Config, dist: distributed.DistInfo) -> bool:
@@ -202,8 +205,8 @@ def last_epoch_of_run(
 ) -> int:
     """The epoch in which a run that reaches no target ends: the one holding iteration max_iter,
     or max_epochs. `iteration`, `epoch` (completed) and `position` (images of the next epoch already
-    trained on) describe where the run starts."""
-    left_in_next = batches_per_epoch - position // solver.ims_per_batch
+    trained on, over all ranks) describe where the run starts."""
+    left_in_next = batches_per_epoch - position // solver.ims_per_batch  # a step's images
     beyond_next = max(0, solver.max_iter - iteration - left_in_next)
     last = epoch + 1 + math.ceil(beyond_next / batches_per_epoch)
     return min(last, solver.max_epochs) if solver.max_epochs else last
@@ -284,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_pending = 0
         del state
 
+    images_per_step = cfg.solver.ims_per_batch  # the global batch: a step's images, all ranks
     metrics = MetricsWriter(run_dir, cfg.solver.max_iter, iteration, is_main=dist.is_main)
     targets = {"BBOX": cfg.run.target_bbox_map, "SEGM": cfg.run.target_segm_map}
     eval_started: dict[int, float] = {}
@@ -401,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                 scaler.step(optimizer)
                 scaler.update()
                 iteration += 1
-                consumed += cfg.solver.ims_per_batch
+                consumed += images_per_step
                 trained = (epoch - 1, consumed)
                 log_now = iteration % cfg.run.log_every_iters == 0
                 # .item() syncs with the GPU, so on CUDA losses are checked at the logging
@@ -420,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                         return exit_code
                 if log_now:
                     step_time = time.perf_counter() - data_start
-                    throughput = batch.images.shape[0] * dist.world_size / step_time
+                    throughput = images_per_step / step_time
                     data_time = step_start - data_start
                     metrics.log_iteration(
                         iteration, epoch, values, lr, step_time, data_time, throughput
@@ -431,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 if iteration >= cfg.solver.max_iter:
                     break
             # The epoch ran to its end, even when max_iter fell on its last batch.
-            if consumed == len(train_loader) * cfg.solver.ims_per_batch:
+            if consumed == len(train_loader) * images_per_step:
                 consumed = 0
             trained = (epoch - 1, consumed) if consumed else (epoch, 0)
             mllog.epoch_stop(epoch)

@@ -27,7 +27,6 @@ from harness.data.coco import (
     check_num_classes,
     load_coco,
 )
-from harness.data.sampler import iterations_per_epoch
 
 if TYPE_CHECKING:
     from harness.data.batch import Batch, Normalization
@@ -98,36 +97,26 @@ def check_inputs(cfg: Config) -> None:
         raise ConfigError(f"model.backbone.weights: file not found: {weights}")
 
 
-def _check(cfg: Config, world_size: int) -> int:
-    per_rank = cfg.solver.ims_per_batch // world_size
-    if per_rank < 1 or cfg.solver.ims_per_batch % world_size:
-        raise ValueError(
-            f"solver.ims_per_batch={cfg.solver.ims_per_batch} must be a positive multiple of the "
-            f"world size {world_size}"
-        )
-    return per_rank
-
-
 def build_train_loader(
     cfg: Config, normalization: Normalization, rank: int, world_size: int, seed: int
 ) -> TrainLoader:
-    """Training batches of `rank`: cfg.solver.ims_per_batch // world_size images each, resized, flipped
-    with probability cfg.data.flip_prob, aspect-ratio grouped; set_epoch(e) reshuffles from (seed, e)."""
-    per_rank = _check(cfg, world_size)
+    """Training batches of `rank`, its share of cfg.solver.ims_per_batch (the global batch) each,
+    resized, flipped with probability cfg.data.flip_prob, aspect-ratio grouped; set_epoch(e)
+    reshuffles from (seed, e)."""
     data = cfg.data
     coco = load_coco(data.root, data.train_split, keep_empty_images=False)
     check_num_classes(coco, cfg.model.num_classes)
-    if (
-        iterations_per_epoch(len(coco.records), world_size, per_rank, data.aspect_ratio_grouping)
-        < 1
-    ):
+    train_loader, _ = _loader_classes(data)
+    loader = train_loader(
+        coco, data, normalization, cfg.solver.ims_per_batch, rank, world_size, seed
+    )
+    if len(loader) < 1:
         raise CocoDataError(
             f"{coco.annotation_file}: {len(coco.records)} usable images do not fill one batch of "
-            f"{per_rank} per rank and epoch on {world_size} ranks"
+            f"{loader.images_per_rank} per rank and epoch on {world_size} ranks"
             + (" with aspect-ratio grouping" if data.aspect_ratio_grouping else "")
         )
-    train_loader, _ = _loader_classes(data)
-    return train_loader(coco, data, normalization, per_rank, rank, world_size, seed)
+    return loader
 
 
 def build_val_loader(
@@ -135,7 +124,6 @@ def build_val_loader(
 ) -> Iterable[Batch]:
     """Evaluation batches of `rank` (cfg.data.val_ims_per_batch images, unflipped): the ranks' shards
     partition the val images, in image id order, so each image is read exactly once."""
-    _check(cfg, world_size)
     data = cfg.data
     coco = load_coco(data.root, data.val_split, keep_empty_images=True)
     check_num_classes(coco, cfg.model.num_classes)

@@ -98,15 +98,15 @@ class _EpochBatches:
 
 
 class TorchTrainLoader(GroupedEpochs):
-    """Training batches of one rank: `len()` batches per epoch of `batch_size` images each (the
-    epochs, set_epoch and num_samples of GroupedEpochs)."""
+    """Training batches of one rank: `len()` batches per epoch of `images_per_rank` images each
+    (the epochs, set_epoch and num_samples of GroupedEpochs)."""
 
     def __init__(
         self,
         coco: CocoSet,
         data: DataConfig,
         norm: Normalization,
-        batch_size: int,
+        images_per_step: int,
         rank: int,
         world_size: int,
         seed: int,
@@ -114,7 +114,7 @@ class TorchTrainLoader(GroupedEpochs):
         landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
         super().__init__(
             landscape,
-            batch_size,
+            images_per_step,
             rank,
             world_size,
             seed,
