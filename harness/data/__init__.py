@@ -15,9 +15,9 @@ fraction of the time.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from harness.config import Config, ConfigError, DataConfig
 from harness.data.coco import (
@@ -30,11 +30,11 @@ from harness.data.coco import (
 
 if TYPE_CHECKING:
     from harness.data.batch import Batch, Normalization
+    from harness.data.sampler import GroupedEpochs
 
 __all__ = [
     "CocoDataError",
     "CorruptImageError",
-    "TrainLoader",
     "build_train_loader",
     "build_val_loader",
     "category_ids",
@@ -42,19 +42,6 @@ __all__ = [
     "resolve_loader",
     "val_annotation_file",
 ]
-
-
-class TrainLoader(Protocol):
-    """Iterates one epoch of `len()` Batches (CPU tensors; the images are on the GPU when DALI
-    decodes there). num_samples: usable training images over all ranks. set_epoch(e, start=k):
-    the next pass is epoch e without its first k samples (global count, a whole number of global
-    batches), reshuffled deterministically from (seed, e)."""
-
-    num_samples: int
-
-    def __len__(self) -> int: ...
-    def __iter__(self) -> Iterator[Batch]: ...
-    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
 
 
 def resolve_loader(data: DataConfig) -> str:
@@ -99,10 +86,12 @@ def check_inputs(cfg: Config) -> None:
 
 def build_train_loader(
     cfg: Config, normalization: Normalization, rank: int, world_size: int, seed: int
-) -> TrainLoader:
+) -> GroupedEpochs:
     """Training batches of `rank`, its share of cfg.solver.ims_per_batch (the global batch) each,
-    resized, flipped with probability cfg.data.flip_prob, aspect-ratio grouped; set_epoch(e)
-    reshuffles from (seed, e)."""
+    resized, flipped with probability cfg.data.flip_prob, aspect-ratio grouped. A pass yields one
+    epoch of `len()` Batches (CPU tensors; the images are on the GPU when DALI decodes there);
+    set_epoch(e, start=k) makes the next pass epoch e without its first k images, reshuffled from
+    (seed, e) (harness.data.sampler.GroupedEpochs)."""
     data = cfg.data
     coco = load_coco(data.root, data.train_split, keep_empty_images=False)
     check_num_classes(coco, cfg.model.num_classes)
