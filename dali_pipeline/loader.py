@@ -19,13 +19,12 @@ import torch
 from torch import Tensor
 
 from dali_pipeline.pipeline import HostBatch, coco_pipeline
+from harness.config import DataConfig
 from harness.data.batch import Batch, Normalization
 from harness.data.coco import CocoDataError, CocoSet, CorruptImageError
 from harness.data.images import decode, size_mismatch
-from harness.data.sampler import GroupedEpochs, batches_consumed, shard_range
+from harness.data.sampler import GroupedEpochs, Keys, shard_range
 from harness.data.transforms import padded_size, record_target, resized_size
-
-Keys = list[tuple[int, bool]]  # one batch: (record index, flip) per image
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,25 @@ class DaliSettings:
     decode_device: str  # cpu | mixed
     device_id: int | None
     norm: Normalization
+
+    @classmethod
+    def of(cls, data: DataConfig, norm: Normalization) -> DaliSettings:
+        """The settings cfg.data asks for; decode_device auto is mixed when a GPU is visible."""
+        device = data.decode_device
+        if device == "auto":
+            device = "mixed" if torch.cuda.is_available() else "cpu"
+        if device == "mixed" and not torch.cuda.is_available():
+            raise ValueError("data.decode_device=mixed needs a CUDA GPU; none is visible")
+        return cls(
+            min_size=data.min_size,
+            max_size=data.max_size,
+            size_divisibility=data.size_divisibility,
+            flip_prob=data.flip_prob,
+            num_threads=max(1, data.num_workers),
+            decode_device=device,
+            device_id=torch.cuda.current_device() if device == "mixed" else None,
+            norm=norm,
+        )
 
 
 def _to_torch(tensor) -> Tensor:
@@ -139,10 +157,10 @@ class _Stream:
         return Batch(_to_torch(images.as_tensor()), targets)
 
 
-class DaliTrainLoader:
+class DaliTrainLoader(GroupedEpochs):
     """Training batches of one rank: `len()` batches per epoch, aspect-ratio grouped, each epoch a
-    function of (seed, epoch) as in the PyTorch loader (harness.data.sampler.GroupedEpochs);
-    num_samples: usable training images over all ranks.
+    function of (seed, epoch) as in the PyTorch loader (the epochs, set_epoch and num_samples of
+    harness.data.sampler.GroupedEpochs).
 
     One pipeline runs on from epoch to epoch (it prefetches across the boundary); a pass that starts
     anywhere else (set_epoch to another epoch, start > 0, or a pass left unfinished) builds a new one
@@ -152,47 +170,42 @@ class DaliTrainLoader:
     def __init__(
         self,
         coco: CocoSet,
-        settings: DaliSettings,
-        batch_size: int,
+        data: DataConfig,
+        norm: Normalization,
+        images_per_step: int,
         rank: int,
         world_size: int,
         seed: int,
-        grouping: bool,
     ) -> None:
         landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
-        self.epochs = GroupedEpochs(
-            landscape, batch_size, rank, world_size, seed, settings.flip_prob, grouping
+        super().__init__(
+            landscape,
+            images_per_step,
+            rank,
+            world_size,
+            seed,
+            data.flip_prob,
+            data.aspect_ratio_grouping,
         )
-        self.coco, self.settings = coco, settings
-        self.batch_size, self.world_size = batch_size, world_size
-        self.num_samples = len(coco.records)
-        self.epoch, self.skip = 0, 0
+        self.coco, self.settings = coco, DaliSettings.of(data, norm)
         self.stream: _Stream | None = None
         self.stream_at = (0, 0)  # (epoch, batch) the stream returns next
 
-    def __len__(self) -> int:
-        return self.epochs.length
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Make the next pass epoch `epoch`, without its first `start` samples (a global count, as
-        checkpoints record it). Without a call, passes run epochs 0, 1, 2, ..."""
-        self.epoch, self.skip = epoch, batches_consumed(start, self.batch_size, self.world_size)
-
     def _keys(self, epoch: int, skip: int) -> Iterator[Keys]:
-        yield from self.epochs.batches(epoch)[skip:]
+        yield from self.batches(epoch)[skip:]
         for later in itertools.count(epoch + 1):
-            yield from self.epochs.batches(later)
+            yield from self.batches(later)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.stream is None or self.stream_at != (self.epoch, self.skip):
             self.stream = None  # release the old pipeline's threads and buffers first
             keys = self._keys(self.epoch, self.skip)
-            self.stream = _Stream(self.coco, self.settings, keys, self.batch_size)
+            self.stream = _Stream(self.coco, self.settings, keys, self.images_per_rank)
         for i in range(self.skip, len(self)):
             batch = self.stream.next()
             self.stream_at = (self.epoch, i + 1) if i + 1 < len(self) else (self.epoch + 1, 0)
             yield batch
-        self.epoch, self.skip = self.epoch + 1, 0
+        self.finish_pass()
 
 
 class DaliValLoader:
@@ -200,13 +213,14 @@ class DaliValLoader:
     num_samples: val images over all ranks."""
 
     def __init__(
-        self, coco: CocoSet, settings: DaliSettings, batch_size: int, rank: int, world_size: int
+        self, coco: CocoSet, data: DataConfig, norm: Normalization, rank: int, world_size: int
     ) -> None:
-        self.coco, self.settings, self.batch_size = coco, settings, batch_size
+        self.coco, self.settings = coco, DaliSettings.of(data, norm)
+        self.batch_size = size = data.val_ims_per_batch
         self.num_samples = len(coco.records)
         start, end = shard_range(len(coco.records), rank, world_size)
         keys = [(i, False) for i in range(start, end)]
-        self.batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+        self.batches = [keys[i : i + size] for i in range(0, len(keys), size)]
         # One pipeline for all passes; a pass left unfinished drops it.
         self.stream: _Stream | None = None
         self.stream_at = 0  # the batch of a pass the stream returns next

@@ -24,6 +24,7 @@ from mlperf_logging.mllog import constants
 from mlperf_logging.mllog.mllog import MLLogger
 
 from harness.config import Config
+from harness.data.sampler import images_per_rank
 
 BENCHMARK = constants.MASKRCNN
 RUN_STATUSES = ("success", "aborted")
@@ -245,19 +246,15 @@ class MLPerfLogger:
 
         Args:
             cfg: the resolved run config; `solver.ims_per_batch` is the global batch.
-            world_size: number of training processes; the global batch must split evenly over them.
+            world_size: number of training processes; the global batch must split evenly over them
+                (harness.data.sampler.images_per_rank raises ConfigError otherwise).
             seed: the seed actually used (after resolving cfg.run.seed = -1 and broadcasting).
         """
         solver = cfg.solver
-        if world_size <= 0 or solver.ims_per_batch % world_size:
-            raise ValueError(
-                f"solver.ims_per_batch={solver.ims_per_batch} does not split over world_size="
-                f"{world_size}"
-            )
         values: dict[str, Any] = {
             constants.SEED: int(seed),
             # images per device and step: NVIDIA's logs carry it as d_batch_size
-            "d_batch_size": solver.ims_per_batch // world_size,
+            "d_batch_size": images_per_rank(solver.ims_per_batch, world_size),
             constants.GLOBAL_BATCH_SIZE: solver.ims_per_batch,
             constants.NUM_IMAGE_CANDIDATES: cfg.model.rpn.post_nms_top_n_train,
             constants.GRADIENT_ACCUMULATION_STEPS: solver.gradient_accumulation_steps,

@@ -1,6 +1,7 @@
 """Train Mask R-CNN to the MLPerf target: `python -m harness.train --config configs/NAME.yaml [k=v ...]`.
 
-The loop reads top to bottom: set up, then per epoch train, checkpoint, evaluate, decide. Logging,
+main() reads top to bottom: set up (set_up: everything before the clock), then per epoch train,
+checkpoint, evaluate, decide, and the exit code. Run holds the state those steps share; logging,
 checkpoints, evaluation and metrics are small objects it calls.
 """
 
@@ -12,8 +13,10 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,6 +38,7 @@ from harness.data import (
     val_annotation_file,
 )
 from harness.data.coco import CocoDataError
+from harness.data.sampler import images_per_rank
 from harness.metrics import MetricsWriter, evaluated, write_plots
 from harness.mlperf_log import MLPerfLogError, MLPerfLogger, continue_log
 from harness.model import build_model
@@ -42,6 +46,9 @@ from harness.model.weights import load_backbone_weights, normalization_for
 from harness.postprocess import ResultEncoder, default_workers
 from harness.run_dir import make_run_dir
 from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
+
+if TYPE_CHECKING:
+    from harness.data.batch import Batch
 
 EXIT_TARGET_MISSED = 4  # distinct from 1, an uncaught exception
 EXIT_NON_FINITE = 3
@@ -55,6 +62,10 @@ class StopRequested(Exception):
     Args: the signal's name, the epochs completed, the images of the next epoch already trained
     on, and the epoch whose evaluation the stop interrupted (0: none).
     """
+
+
+class NonFiniteLoss(Exception):
+    """A loss of the last step is NaN or Inf: the run ends (exit 3) keeping its last checkpoint."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,7 +104,8 @@ def check_runnable(cfg: config.Config, world_size: int) -> None:
 
     - gradient accumulation: the loop takes one optimizer step per batch, so a log stating
       gradient_accumulation_steps > 1 would not be what ran;
-    - a run logging `submission_division: closed` must be a closed run (harness.closed_division).
+    - a run logging `submission_division: closed` must be a closed run (harness.closed_division);
+    - the global batch must split evenly over the ranks (harness.data.sampler.images_per_rank).
     """
     steps = cfg.solver.gradient_accumulation_steps
     if steps != 1:
@@ -108,6 +120,7 @@ def check_runnable(cfg: config.Config, world_size: int) -> None:
                 "config breaks the MLPerf closed-division rules (fix it, or set run.division=open):"
                 " " + "; ".join(problems)
             )
+    images_per_rank(cfg.solver.ims_per_batch, world_size)
 
 
 def clear_page_cache(cfg: config.Config, dist: distributed.DistInfo) -> bool:
@@ -202,8 +215,8 @@ def last_epoch_of_run(
 ) -> int:
     """The epoch in which a run that reaches no target ends: the one holding iteration max_iter,
     or max_epochs. `iteration`, `epoch` (completed) and `position` (images of the next epoch already
-    trained on) describe where the run starts."""
-    left_in_next = batches_per_epoch - position // solver.ims_per_batch
+    trained on, over all ranks) describe where the run starts."""
+    left_in_next = batches_per_epoch - position // solver.ims_per_batch  # a step's images
     beyond_next = max(0, solver.max_iter - iteration - left_in_next)
     last = epoch + 1 + math.ceil(beyond_next / batches_per_epoch)
     return min(last, solver.max_epochs) if solver.max_epochs else last
@@ -218,15 +231,312 @@ def block_end(epoch: int, every: int, last_epoch: int) -> int:
     return min(math.ceil(epoch / every) * every, last_epoch)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+class Run:
+    """What the steps of one run share: the model, its optimizer and schedule; where training stands
+    (`iteration`, `epoch` completed, `position`: images of the next epoch already trained on, over
+    all ranks); the MLPerf log and the metrics; and, once the clock runs, the data and the
+    evaluator. main() calls its steps in order: open_data, evaluate_unscored, then per epoch
+    train_epoch, evaluate, decide; then finish and close."""
+
+    def __init__(
+        self,
+        cfg: config.Config,
+        dist: distributed.DistInfo,
+        run_dir: Path,
+        mllog: MLPerfLogger,
+        state: dict | None,
+        continued: bool,
+    ) -> None:
+        """Build the model and its optimizer (logging their hyperparameters and initialization
+        unless the log `continued` a previous attempt's), then restore a resumed run's `state`."""
+        self.cfg, self.dist, self.device = cfg, dist, dist.device
+        self.run_dir, self.mllog, self.continued = run_dir, mllog, continued
+        torch.manual_seed(cfg.run.seed + dist.rank)
+        self.model = model = build_model(cfg.model)
+        backbone = cfg.model.backbone
+        if backbone.weights:
+            load_backbone_weights(model.backbone.body, backbone.weights, backbone.weights_format)
+        self.normalization = normalization_for(cfg.model)
+        model.to(self.device)
+        if not continued:
+            mllog.log_hyperparameters(cfg, dist.world_size, cfg.run.seed)
+            mllog.weights_initialization(initialized_modules(model, bool(backbone.weights)))
+        self.train_model = model
+        if dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Frozen-BN buffers never change: broadcasting them every step would be wasted traffic.
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, broadcast_buffers=False
+            )
+        self.optimizer = build_optimizer(model, cfg.solver, self.device)
+        self.schedule = LRSchedule(self.optimizer, cfg.solver)
+        fp16 = autocast_dtype(cfg, self.device) == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+
+        self.iteration, self.epoch, self.position, self.eval_pending = 0, 0, 0, 0
+        self.scored: dict[int, tuple[float, float]] = {}
+        if state is not None:
+            checkpoint.restore_training_state(state, model, self.optimizer, self.scaler)
+            self.iteration, self.epoch = state["iteration"], state["epoch"]
+            self.position = state["sampler_position"]
+            # An evaluation the previous process began (or had due) but never scored is redone.
+            self.scored = evaluated(run_dir)
+            self.eval_pending = state.get("eval_pending", 0)
+            if self.eval_pending in self.scored:
+                self.eval_pending = 0
+
+        self.metrics = MetricsWriter(run_dir, cfg.solver.max_iter, self.iteration, dist.is_main)
+        self.evaluator: evaluate.AsyncEvaluator | None = None
+        self.eval_started: dict[int, float] = {}  # async evaluations: epoch -> start time
+        self.trained: tuple[int, int] | None = None  # (epochs done, images of the next): to save
+        self.stop_signal: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: self.stop_signal.append(signum))
+
+    def open_data(self) -> None:
+        """The loaders, the val annotations and the evaluator: built after run_start, since the
+        clock starts before any part of the system touches the dataset."""
+        cfg, dist = self.cfg, self.dist
+        self.train_loader = build_train_loader(
+            cfg, self.normalization, dist.rank, dist.world_size, cfg.run.seed
+        )
+        self.val_loader = build_val_loader(cfg, self.normalization, dist.rank, dist.world_size)
+        self.ann_file = val_annotation_file(cfg)
+        self.label_to_category = category_ids(self.ann_file)
+        if not self.continued:
+            self.mllog.dataset_sizes(self.train_loader.num_samples, self.val_loader.num_samples)
+        if cfg.run.async_eval:
+            self.evaluator = evaluate.AsyncEvaluator(self.ann_file, cfg.run.eval_backend)
+        self.last_epoch = last_epoch_of_run(
+            self.iteration, self.epoch, self.position, cfg.solver, len(self.train_loader)
+        )
+        self.block_first = self.block_last = 0  # the open block's first and last epochs; 0: none
+
+    def reaches(self, bbox: float, segm: float) -> bool:
+        return bbox >= self.cfg.run.target_bbox_map and segm >= self.cfg.run.target_segm_map
+
+    def evaluate_unscored(self) -> bool:
+        """True when the targets are reached already: a previous process may have scored them and
+        been killed before run_stop, or left an evaluation unscored, which is redone now."""
+        reached = any(self.reaches(*acc) for acc in self.scored.values())
+        if self.eval_pending and not reached:
+            reached = distributed.broadcast_flag(self.evaluate(self.eval_pending))
+        return reached
+
+    def epochs_left(self) -> bool:
+        solver = self.cfg.solver
+        return self.iteration < solver.max_iter and (
+            solver.max_epochs == 0 or self.epoch < solver.max_epochs
+        )
+
+    def stop_name(self) -> str:
+        if self.stop_signal:
+            return signal.Signals(self.stop_signal[0]).name
+        return "a stop on another rank"
+
+    def save(self, epoch_done: int, position_in_epoch: int, pending: int = 0) -> None:
+        """Checkpoint on rank 0; `pending`: the epoch whose evaluation is due and not scored."""
+        if self.dist.is_main:
+            state = checkpoint.training_state(
+                self.model,
+                self.optimizer,
+                self.scaler,
+                self.iteration,
+                epoch_done,
+                position_in_epoch,
+                self.cfg,
+                pending,
+            )
+            checkpoint.save_checkpoint(self.run_dir / "checkpoints", state)
+
+    def step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimizer step on `batch` (on the device); returns its losses and learning rate."""
+        lr = self.schedule.step(self.iteration)
+        with autocast_context(self.cfg, self.device):
+            losses = self.train_model(batch.images, batch.targets)
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.solver.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            clip_grad_norm(self.optimizer, self.cfg.solver.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.iteration += 1
+        return losses, lr
+
+    def check_and_log(
+        self, losses: dict[str, torch.Tensor], lr: float, data_start: float, step_start: float
+    ) -> None:
+        """Raise NonFiniteLoss on a NaN or Inf loss; log the step at the logging interval."""
+        log_now = self.iteration % self.cfg.run.log_every_iters == 0
+        # .item() syncs with the GPU, so on CUDA losses are checked at the logging interval only;
+        # on the CPU it costs nothing and every step is checked.
+        if not (log_now or self.device.type == "cpu"):
+            return
+        values = {k: v.item() for k, v in distributed.all_reduce_mean(losses).items()}
+        bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLoss(f"non-finite loss at iteration {self.iteration}: {', '.join(bad)}")
+        if log_now:
+            step_time = time.perf_counter() - data_start
+            throughput = self.cfg.solver.ims_per_batch / step_time  # images/s over all ranks
+            data_time = step_start - data_start
+            self.metrics.log_iteration(
+                self.iteration, self.epoch, values, lr, step_time, data_time, throughput
+            )
+            stats = {"time": step_time, "data": data_time, "loss": sum(values.values())}
+            self.mllog.tracked_stats(self.iteration, {**stats, **values, "lr": lr}, throughput)
+
+    def train_epoch(self) -> bool:
+        """Train the next epoch (a resumed run: from where it stopped inside it), close it and, at
+        its end, its MLPerf block, and checkpoint it. True when the block's evaluation is due: the
+        checkpoint comes first, so a kill during the evaluation loses no score."""
+        cfg, mllog = self.cfg, self.mllog
+        self.epoch += 1
+        epoch, every = self.epoch, cfg.run.eval_every_epochs
+        images_per_step = cfg.solver.ims_per_batch  # the global batch: a step's images, all ranks
+        if not self.block_first:
+            self.block_first, self.block_last = epoch, block_end(epoch, every, self.last_epoch)
+            mllog.block_start(self.block_first, self.block_last - self.block_first + 1)
+        mllog.epoch_start(epoch)
+        self.train_loader.set_epoch(epoch, start=self.position)
+        consumed, self.position = self.position, 0
+        self.trained = (epoch - 1, consumed)  # where a resume would continue: epochs done, images
+        data_start = time.perf_counter()
+        for batch in self.train_loader:
+            # Every rank stops at the same step, even when the signal reached some a step later:
+            # one rank still inside a collective would fail instead of stopping.
+            if distributed.any_rank(bool(self.stop_signal)):
+                raise StopRequested(self.stop_name(), epoch - 1, consumed, 0)
+            batch = batch.to(self.device, non_blocking=True)
+            step_start = time.perf_counter()
+            losses, lr = self.step(batch)
+            consumed += images_per_step
+            self.trained = (epoch - 1, consumed)
+            self.check_and_log(losses, lr, data_start, step_start)
+            data_start = time.perf_counter()
+            if self.iteration >= cfg.solver.max_iter:
+                break
+        # The epoch ran to its end, even when max_iter fell on its last batch.
+        if consumed == len(self.train_loader) * images_per_step:
+            consumed = 0
+        self.trained = (epoch - 1, consumed) if consumed else (epoch, 0)
+        mllog.epoch_stop(epoch)
+        block_done = epoch >= self.block_last or self.iteration >= cfg.solver.max_iter
+        if block_done:
+            mllog.block_stop(self.block_first)
+            self.block_first = 0
+        evaluating = block_done and every > 0
+        if consumed:
+            # Stopped inside the epoch (max_iter): resuming must finish this epoch, not skip it.
+            self.save(epoch - 1, consumed, epoch if evaluating else 0)
+        elif epoch % cfg.run.checkpoint_every_epochs == 0 or evaluating:
+            self.save(epoch, 0, epoch if evaluating else 0)
+        return evaluating
+
+    def stoppable(self, loader: Iterable[Batch]) -> Iterator[Batch]:
+        """The val batches until a stop signal: an evaluation stops between batches."""
+        for batch in loader:
+            if self.stop_signal:
+                return
+            yield batch
+
+    def record_eval(self, epoch: int, acc: dict[str, float], seconds: float) -> bool:
+        self.mllog.eval_accuracy(acc, epoch)
+        self.mllog.eval_stop(epoch)
+        self.metrics.log_eval(epoch, self.iteration, acc, seconds)
+        return self.reaches(acc["BBOX"], acc["SEGM"])
+
+    def evaluate(self, epoch: int) -> bool:
+        """Evaluate the model as it is after `epoch`; True when the targets are reached (with
+        async_eval: False, the score arrives in decide or finish)."""
+        self.mllog.eval_start(epoch)
+        eval_start = time.perf_counter()
+        # Evaluation leaves the random state as it found it (the val loader draws from it): the
+        # training after it is then the same whether or not a resumed process evaluated.
+        rng = checkpoint.rng_state()
+        try:
+            results = run_evaluation(
+                self.model,
+                self.stoppable(self.val_loader),
+                self.device,
+                self.cfg,
+                self.label_to_category,
+            )
+        finally:
+            checkpoint.set_rng_state(rng)
+        if distributed.any_rank(bool(self.stop_signal)):
+            raise StopRequested(self.stop_name(), epoch, 0, epoch)
+        results = evaluate.gather_results(results)
+        if not self.dist.is_main:
+            return False
+        if self.evaluator is None:
+            acc = evaluate.coco_map(self.ann_file, results, backend=self.cfg.run.eval_backend)
+            return self.record_eval(epoch, acc, time.perf_counter() - eval_start)
+        self.evaluator.submit(epoch, results)
+        self.eval_started[epoch] = eval_start
+        return False
+
+    def record_async(self, scores: Iterable[tuple[int, dict[str, float]]]) -> bool:
+        """Log the asynchronous evaluations' `scores`; True when one reached the targets."""
+        reached = False
+        for epoch, acc in scores:
+            seconds = time.perf_counter() - self.eval_started.pop(epoch)
+            reached = self.record_eval(epoch, acc, seconds) or reached
+        return reached
+
+    def decide(self, reached: bool) -> bool:
+        """After an epoch: whether the targets are reached on any evaluation so far (`reached`, or
+        an asynchronous one finished by now), the same on every rank; the plots are redrawn."""
+        if self.evaluator is not None and self.dist.is_main:
+            reached = self.record_async(self.evaluator.poll()) or reached
+        reached = distributed.broadcast_flag(reached)
+        self.write_plots()
+        return reached
+
+    def finish(self, reached: bool) -> bool:
+        """After the last epoch: the outcome once the asynchronous evaluations still running are
+        scored; raises when the ranks ended with different parameters."""
+        if self.evaluator is not None and not reached and self.dist.is_main:
+            reached = self.record_async(self.evaluator.wait_all())
+        if not distributed.parameters_in_sync(self.model):
+            raise RuntimeError("ranks ended the run with different parameters (DDP out of sync)")
+        return reached
+
+    def write_plots(self) -> None:
+        if self.dist.is_main:
+            targets = {"BBOX": self.cfg.run.target_bbox_map, "SEGM": self.cfg.run.target_segm_map}
+            try:
+                write_plots(self.run_dir, targets)
+            except Exception as error:  # a plot is a convenience, not the run's result
+                print(
+                    f"warning: could not write the plots in {self.run_dir / 'plots'}: {error}",
+                    file=sys.stderr,
+                )
+
+    def close(self, status: str) -> None:
+        """End the MLPerf log with run_stop `status` (unless writing it failed) and the metrics,
+        draw the plots, stop the evaluator."""
+        if not self.mllog.failed:
+            self.mllog.run_stop(status)
+        self.mllog.close()
+        self.metrics.close()
+        self.write_plots()
+        if self.evaluator is not None:
+            self.evaluator.close()
+
+
+def set_up(args: argparse.Namespace) -> tuple[Run, resume.RunLock | None]:
+    """Everything before the clock, checked before anything is created: the config, the ranks, the
+    run directory (made, or the resumed one locked and its checkpoint checked), the MLPerf log
+    (started, or continued: see mlperf_log.continue_log), the model and the optimizer."""
     cfg, hw = resolve_config(args)
     dist = distributed.init_distributed()
     platform.check_matches(cfg, hw, dist.world_size)
     check_runnable(cfg, dist.world_size)
     cache_cleared = clear_page_cache(cfg, dist)
     check_inputs(cfg)  # paths only, before the run directory: a mistake leaves nothing behind
-    device = dist.device
     # The run's config.yaml records the seed actually used: a resumed run takes it from there.
     seed = distributed.broadcast_seed(cfg.run.seed)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
@@ -239,8 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     state = checkpoint.load_latest(run_dir / "checkpoints") if args.resume else None
     if state is not None:
         resume.check_checkpoint(run_dir, cfg, state)
-    # A resumed run continues its one MLPerf log (see mlperf_log.continue_log); a run resumed
-    # before its first checkpoint starts over, its attempt's log kept aside.
+    # A resumed run continues its one MLPerf log; a run resumed before its first checkpoint starts
+    # over, its attempt's log kept aside.
     continued = False
     if args.resume and dist.is_main:
         continued = continue_log(run_dir / "mlperf.log", restart=state is None)
@@ -249,256 +559,51 @@ def main(argv: list[str] | None = None) -> int:
     if not continued:
         mllog.submission(cfg, cfg.run.platform or hw.platform, cache_cleared)
         mllog.init_start()
+    return Run(cfg, dist, run_dir, mllog, state, continued), lock
 
-    torch.manual_seed(seed + dist.rank)
-    model = build_model(cfg.model)
-    if cfg.model.backbone.weights:
-        load_backbone_weights(
-            model.backbone.body, cfg.model.backbone.weights, cfg.model.backbone.weights_format
-        )
-    normalization = normalization_for(cfg.model)
-    model.to(device)
-    if not continued:
-        mllog.log_hyperparameters(cfg, dist.world_size, seed)
-        mllog.weights_initialization(initialized_modules(model, bool(cfg.model.backbone.weights)))
-    train_model = model
-    if dist.world_size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        # Frozen-BN buffers never change: broadcasting them every step would be wasted traffic.
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, broadcast_buffers=False
-        )
-    optimizer = build_optimizer(model, cfg.solver, device)
-    schedule = LRSchedule(optimizer, cfg.solver)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(cfg, device) == torch.float16)
 
-    iteration, epoch, position, eval_pending = 0, 0, 0, 0
-    scored: dict[int, tuple[float, float]] = {}
-    if state is not None:
-        checkpoint.restore_training_state(state, model, optimizer, scaler)
-        iteration, epoch, position = state["iteration"], state["epoch"], state["sampler_position"]
-        # An evaluation the previous process began (or had due) but never scored is redone first.
-        scored = evaluated(run_dir)
-        eval_pending = state.get("eval_pending", 0)
-        if eval_pending in scored:
-            eval_pending = 0
-        del state
-
-    metrics = MetricsWriter(run_dir, cfg.solver.max_iter, iteration, is_main=dist.is_main)
-    targets = {"BBOX": cfg.run.target_bbox_map, "SEGM": cfg.run.target_segm_map}
-    eval_started: dict[int, float] = {}
-    stop_signal: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: stop_signal.append(signum))
-
-    def save(epoch_done: int, position_in_epoch: int, pending: int = 0) -> None:
-        """Checkpoint on rank 0; `pending`: the epoch whose evaluation is due and not scored."""
-        if dist.is_main:
-            state = checkpoint.training_state(
-                model, optimizer, scaler, iteration, epoch_done, position_in_epoch, cfg, pending
-            )
-            checkpoint.save_checkpoint(run_dir / "checkpoints", state)
-
-    def reaches(bbox: float, segm: float) -> bool:
-        return bbox >= cfg.run.target_bbox_map and segm >= cfg.run.target_segm_map
-
-    def stop_name() -> str:
-        return signal.Signals(stop_signal[0]).name if stop_signal else "a stop on another rank"
-
-    def stoppable(loader):
-        """The val batches until a stop signal: an evaluation stops between batches."""
-        for batch in loader:
-            if stop_signal:
-                return
-            yield batch
-
-    def record_eval(eval_epoch: int, acc: dict[str, float], seconds: float) -> bool:
-        mllog.eval_accuracy(acc, eval_epoch)
-        mllog.eval_stop(eval_epoch)
-        metrics.log_eval(eval_epoch, iteration, acc, seconds)
-        return reaches(acc["BBOX"], acc["SEGM"])
-
-    def evaluate_epoch(eval_epoch: int) -> bool:
-        """Evaluate the model as it is after `eval_epoch`; True when the targets are reached (with
-        async_eval: when an evaluation finished by now reached them)."""
-        mllog.eval_start(eval_epoch)
-        eval_start = time.perf_counter()
-        # Evaluation leaves the random state as it found it (the val loader draws from it): the
-        # training after it is then the same whether or not a resumed process evaluated.
-        rng = checkpoint.rng_state()
-        try:
-            results = run_evaluation(model, stoppable(val_loader), device, cfg, label_to_category)
-        finally:
-            checkpoint.set_rng_state(rng)
-        if distributed.any_rank(bool(stop_signal)):
-            raise StopRequested(stop_name(), eval_epoch, 0, eval_epoch)
-        results = evaluate.gather_results(results)
-        if not dist.is_main:
-            return False
-        if evaluator is None:
-            acc = evaluate.coco_map(ann_file, results, backend=cfg.run.eval_backend)
-            return record_eval(eval_epoch, acc, time.perf_counter() - eval_start)
-        evaluator.submit(eval_epoch, results)
-        eval_started[eval_epoch] = eval_start
-        return False
-
-    if not continued:
-        mllog.init_stop()
+def main(argv: list[str] | None = None) -> int:
+    run, lock = set_up(parse_args(argv))
+    if not run.continued:
+        run.mllog.init_stop()
         # The clock starts before any part of the system touches the dataset (training_rules.adoc,
-        # "Timing": "The clock must start before any part of the system touches the dataset"):
-        # the loaders, annotation files and the evaluator are built after run_start, as the
-        # reference's tools/train_mlperf.py builds its data loader after RUN_START.
-        mllog.run_start()
+        # "Timing"): the loaders, annotation files and the evaluator are built after run_start
+        # (Run.open_data), as the reference's tools/train_mlperf.py builds its loader after RUN_START.
+        run.mllog.run_start()
     status, exit_code = "aborted", EXIT_TARGET_MISSED
-    evaluator = None
-    trained: tuple[int, int] | None = None  # (epochs done, images of the next): what to save
     try:
-        train_loader = build_train_loader(cfg, normalization, dist.rank, dist.world_size, seed)
-        val_loader = build_val_loader(cfg, normalization, dist.rank, dist.world_size)
-        ann_file = val_annotation_file(cfg)
-        label_to_category = category_ids(ann_file)
-        if not continued:
-            mllog.dataset_sizes(train_loader.num_samples, val_loader.num_samples)
-        if cfg.run.async_eval:
-            evaluator = evaluate.AsyncEvaluator(ann_file, cfg.run.eval_backend)
-        every = cfg.run.eval_every_epochs
-        last_epoch = last_epoch_of_run(iteration, epoch, position, cfg.solver, len(train_loader))
-        block_first = block_last = 0  # the open block's first and last epochs; 0: none open
-        # A previous process may have scored the target and been killed before run_stop.
-        reached = any(reaches(*acc) for acc in scored.values())
-        if eval_pending and not reached:
-            reached = distributed.broadcast_flag(evaluate_epoch(eval_pending))
-        while (
-            not reached
-            and iteration < cfg.solver.max_iter
-            and (cfg.solver.max_epochs == 0 or epoch < cfg.solver.max_epochs)
-        ):
-            epoch += 1
-            if not block_first:
-                block_first, block_last = epoch, block_end(epoch, every, last_epoch)
-                mllog.block_start(block_first, block_last - block_first + 1)
-            mllog.epoch_start(epoch)
-            train_loader.set_epoch(epoch, start=position)
-            consumed, position = position, 0
-            trained = (epoch - 1, consumed)  # where a resume would continue: epochs done, images
-            data_start = time.perf_counter()
-            for batch in train_loader:
-                # Every rank stops at the same step, even when the signal reached some a step
-                # later: one rank still inside a collective would fail instead of stopping.
-                if distributed.any_rank(bool(stop_signal)):
-                    raise StopRequested(stop_name(), epoch - 1, consumed, 0)
-                batch = batch.to(device, non_blocking=True)
-                step_start = time.perf_counter()
-                lr = schedule.step(iteration)
-                with autocast_context(cfg, device):
-                    losses = train_model(batch.images, batch.targets)
-                loss = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.solver.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    clip_grad_norm(optimizer, cfg.solver.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                iteration += 1
-                consumed += cfg.solver.ims_per_batch
-                trained = (epoch - 1, consumed)
-                log_now = iteration % cfg.run.log_every_iters == 0
-                # .item() syncs with the GPU, so on CUDA losses are checked at the logging
-                # interval only; on the CPU it costs nothing and every step is checked.
-                if log_now or device.type == "cpu":
-                    values = {k: v.item() for k, v in distributed.all_reduce_mean(losses).items()}
-                    bad = [k for k, v in values.items() if not math.isfinite(v)]
-                    if bad:
-                        print(
-                            f"non-finite loss at iteration {iteration}: "
-                            f"{', '.join(f'{k}={values[k]}' for k in bad)}; the last good "
-                            f"checkpoint in {run_dir / 'checkpoints'} is kept",
-                            file=sys.stderr,
-                        )
-                        status, exit_code = "aborted", EXIT_NON_FINITE
-                        return exit_code
-                if log_now:
-                    step_time = time.perf_counter() - data_start
-                    throughput = batch.images.shape[0] * dist.world_size / step_time
-                    data_time = step_start - data_start
-                    metrics.log_iteration(
-                        iteration, epoch, values, lr, step_time, data_time, throughput
-                    )
-                    stats = {"time": step_time, "data": data_time, "loss": sum(values.values())}
-                    mllog.tracked_stats(iteration, {**stats, **values, "lr": lr}, throughput)
-                data_start = time.perf_counter()
-                if iteration >= cfg.solver.max_iter:
-                    break
-            # The epoch ran to its end, even when max_iter fell on its last batch.
-            if consumed == len(train_loader) * cfg.solver.ims_per_batch:
-                consumed = 0
-            trained = (epoch - 1, consumed) if consumed else (epoch, 0)
-            mllog.epoch_stop(epoch)
-            block_done = epoch >= block_last or iteration >= cfg.solver.max_iter
-            if block_done:
-                mllog.block_stop(block_first)
-                block_first = 0
-            evaluating = block_done and every > 0
-            if consumed:
-                # Stopped inside the epoch (max_iter): resuming must finish this epoch, not skip it.
-                save(epoch - 1, consumed, epoch if evaluating else 0)
-            elif epoch % cfg.run.checkpoint_every_epochs == 0 or evaluating:
-                # Saved before the evaluation it is due: a kill during it loses no score.
-                save(epoch, 0, epoch if evaluating else 0)
-
-            if evaluating:
-                reached = evaluate_epoch(epoch)
-            if evaluator is not None and dist.is_main:
-                for done_epoch, acc in evaluator.poll():
-                    seconds = time.perf_counter() - eval_started.pop(done_epoch)
-                    reached = record_eval(done_epoch, acc, seconds) or reached
-            reached = distributed.broadcast_flag(reached)
-            if dist.is_main:
-                try:
-                    write_plots(run_dir, targets)
-                except Exception as error:  # a plot is a convenience, not the run's result
-                    print(f"warning: could not write the plots: {error}", file=sys.stderr)
-
-        if evaluator is not None and not reached and dist.is_main:
-            for done_epoch, acc in evaluator.wait_all():
-                seconds = time.perf_counter() - eval_started.pop(done_epoch)
-                reached = record_eval(done_epoch, acc, seconds) or reached
-        if not distributed.parameters_in_sync(model):
-            raise RuntimeError("ranks ended the run with different parameters (DDP out of sync)")
-        status = "success" if reached else "aborted"
-        exit_code = 0 if reached else EXIT_TARGET_MISSED
+        run.open_data()
+        reached = run.evaluate_unscored()
+        while not reached and run.epochs_left():
+            if run.train_epoch():
+                reached = run.evaluate(run.epoch)
+            reached = run.decide(reached)
+        if run.finish(reached):
+            status, exit_code = "success", 0
     except CocoDataError as error:
-        # A corrupt image or annotation met while training: the rules fix the training set, so
-        # the run cannot skip it; what was trained is saved, and the error names the file.
-        if trained is not None:
-            save(*trained)
+        # A corrupt image or annotation met while training: the rules fix the training set, so the
+        # run cannot skip it; what was trained is saved, and the error names the file.
+        if run.trained is not None:
+            run.save(*run.trained)
         print(f"python -m harness.train: data error: {error}", file=sys.stderr)
         exit_code = EXIT_CONFIG_ERROR
     except StopRequested as stop:
         signal_name, epoch_done, consumed_in_epoch, pending = stop.args
-        save(epoch_done, consumed_in_epoch, pending)
+        run.save(epoch_done, consumed_in_epoch, pending)
         print(
-            f"{signal_name} received: checkpoint saved in {run_dir / 'checkpoints'}; "
-            f"resume with --resume {run_dir}",
+            f"{signal_name} received: checkpoint saved in {run.run_dir / 'checkpoints'}; "
+            f"resume with --resume {run.run_dir}",
             file=sys.stderr,
         )
         exit_code = EXIT_ABORTED
-    except checkpoint.NonFiniteStateError as error:
-        print(f"{error}; the last good checkpoint is kept", file=sys.stderr)
+    except (NonFiniteLoss, checkpoint.NonFiniteStateError) as error:
+        print(
+            f"{error}; the last good checkpoint in {run.run_dir / 'checkpoints'} is kept",
+            file=sys.stderr,
+        )
         exit_code = EXIT_NON_FINITE
     finally:
-        if not mllog.failed:
-            mllog.run_stop(status)
-        mllog.close()
-        metrics.close()
-        if dist.is_main:
-            try:
-                write_plots(run_dir, targets)
-            except Exception as error:  # the plots must not replace the run's outcome
-                print(f"could not write the plots in {run_dir / 'plots'}: {error}", file=sys.stderr)
-        if evaluator is not None:
-            evaluator.close()
+        run.close(status)
         if lock is not None:
             lock.release()
         distributed.cleanup()

@@ -18,7 +18,7 @@ import torch
 
 from harness import checkpoint, config
 from harness.data.synthetic import generate
-from harness.train import block_end, last_epoch_of_run
+from harness.train import block_end, check_runnable, last_epoch_of_run
 from tests.test_mlperf_log import records, run_checker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,6 +245,13 @@ def test_config_for_other_gpu_count_is_refused(tmp_path, dataset):
     assert proc.returncode == 2
     assert "needs 8 GPU(s); none is visible" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_a_config_error():
+    cfg = config.load(None, ("run.division=open", "solver.ims_per_batch=6"))
+    check_runnable(cfg, 3)
+    with pytest.raises(config.ConfigError, match=r"ims_per_batch=6: .*world_size=4"):
+        check_runnable(cfg, 4)
 
 
 @pytest.mark.slow

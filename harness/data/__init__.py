@@ -6,16 +6,18 @@ plain PyTorch one (harness.data.loader), picked by cfg.data.loader; both apply t
 (harness.data.transforms) and the same annotation filtering (harness.data.coco) and differ only in
 how pixels are decoded and resized.
 
-torch, torchvision and DALI are imported when a loader is built, not with the package, so that
-`python -m harness.data.synthetic` starts in a fraction of the time.
+Imports go one way: dali_pipeline imports harness.data, and harness.data imports dali_pipeline only
+in `_loader_classes`, when a DALI loader is built. torch, torchvision and DALI are imported when a
+loader is built, not with the package, so that `python -m harness.data.synthetic` starts in a
+fraction of the time.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from harness.config import Config, ConfigError, DataConfig
 from harness.data.coco import (
@@ -25,16 +27,14 @@ from harness.data.coco import (
     check_num_classes,
     load_coco,
 )
-from harness.data.sampler import iterations_per_epoch
 
 if TYPE_CHECKING:
-    from dali_pipeline.loader import DaliSettings
     from harness.data.batch import Batch, Normalization
+    from harness.data.sampler import GroupedEpochs
 
 __all__ = [
     "CocoDataError",
     "CorruptImageError",
-    "TrainLoader",
     "build_train_loader",
     "build_val_loader",
     "category_ids",
@@ -44,19 +44,6 @@ __all__ = [
 ]
 
 
-class TrainLoader(Protocol):
-    """Iterates one epoch of `len()` Batches (CPU tensors; the images are on the GPU when DALI
-    decodes there). num_samples: usable training images over all ranks. set_epoch(e, start=k):
-    the next pass is epoch e without its first k samples (global count, a whole number of global
-    batches), reshuffled deterministically from (seed, e)."""
-
-    num_samples: int
-
-    def __len__(self) -> int: ...
-    def __iter__(self) -> Iterator[Batch]: ...
-    def set_epoch(self, epoch: int, start: int = 0) -> None: ...
-
-
 def resolve_loader(data: DataConfig) -> str:
     """The loader to use for cfg.data.loader: "dali" or "pytorch" ("auto": DALI when importable)."""
     if data.loader == "auto":
@@ -64,26 +51,16 @@ def resolve_loader(data: DataConfig) -> str:
     return data.loader
 
 
-def _dali_settings(data: DataConfig, norm: Normalization) -> DaliSettings:
-    import torch
+def _loader_classes(data: DataConfig) -> tuple[type, type]:
+    """The (train, val) loader classes cfg.data.loader picks, all four built from
+    (coco, data, normalization, ...)."""
+    if resolve_loader(data) == "dali":
+        from dali_pipeline.loader import DaliTrainLoader, DaliValLoader
 
-    device = data.decode_device
-    if device == "auto":
-        device = "mixed" if torch.cuda.is_available() else "cpu"
-    if device == "mixed" and not torch.cuda.is_available():
-        raise ValueError("data.decode_device=mixed needs a CUDA GPU; none is visible")
-    from dali_pipeline.loader import DaliSettings
+        return DaliTrainLoader, DaliValLoader
+    from harness.data.loader import TorchTrainLoader, TorchValLoader
 
-    return DaliSettings(
-        min_size=data.min_size,
-        max_size=data.max_size,
-        size_divisibility=data.size_divisibility,
-        flip_prob=data.flip_prob,
-        num_threads=max(1, data.num_workers),
-        decode_device=device,
-        device_id=torch.cuda.current_device() if device == "mixed" else None,
-        norm=norm,
-    )
+    return TorchTrainLoader, TorchValLoader
 
 
 def check_inputs(cfg: Config) -> None:
@@ -107,54 +84,28 @@ def check_inputs(cfg: Config) -> None:
         raise ConfigError(f"model.backbone.weights: file not found: {weights}")
 
 
-def _check(cfg: Config, world_size: int) -> int:
-    per_rank = cfg.solver.ims_per_batch // world_size
-    if per_rank < 1 or cfg.solver.ims_per_batch % world_size:
-        raise ValueError(
-            f"solver.ims_per_batch={cfg.solver.ims_per_batch} must be a positive multiple of the "
-            f"world size {world_size}"
-        )
-    return per_rank
-
-
 def build_train_loader(
     cfg: Config, normalization: Normalization, rank: int, world_size: int, seed: int
-) -> TrainLoader:
-    """Training batches of `rank`: cfg.solver.ims_per_batch // world_size images each, resized, flipped
-    with probability cfg.data.flip_prob, aspect-ratio grouped; set_epoch(e) reshuffles from (seed, e)."""
-    per_rank = _check(cfg, world_size)
+) -> GroupedEpochs:
+    """Training batches of `rank`, its share of cfg.solver.ims_per_batch (the global batch) each,
+    resized, flipped with probability cfg.data.flip_prob, aspect-ratio grouped. A pass yields one
+    epoch of `len()` Batches (CPU tensors; the images are on the GPU when DALI decodes there);
+    set_epoch(e, start=k) makes the next pass epoch e without its first k images, reshuffled from
+    (seed, e) (harness.data.sampler.GroupedEpochs)."""
     data = cfg.data
     coco = load_coco(data.root, data.train_split, keep_empty_images=False)
     check_num_classes(coco, cfg.model.num_classes)
-    if (
-        iterations_per_epoch(len(coco.records), world_size, per_rank, data.aspect_ratio_grouping)
-        < 1
-    ):
+    train_loader, _ = _loader_classes(data)
+    loader = train_loader(
+        coco, data, normalization, cfg.solver.ims_per_batch, rank, world_size, seed
+    )
+    if len(loader) < 1:
         raise CocoDataError(
             f"{coco.annotation_file}: {len(coco.records)} usable images do not fill one batch of "
-            f"{per_rank} per rank and epoch on {world_size} ranks"
+            f"{loader.images_per_rank} per rank and epoch on {world_size} ranks"
             + (" with aspect-ratio grouping" if data.aspect_ratio_grouping else "")
         )
-    if resolve_loader(data) == "dali":
-        from dali_pipeline.loader import DaliTrainLoader
-
-        settings = _dali_settings(data, normalization)
-        return DaliTrainLoader(
-            coco, settings, per_rank, rank, world_size, seed, data.aspect_ratio_grouping
-        )
-    from harness.data.loader import CocoImages, TorchTrainLoader
-
-    return TorchTrainLoader(
-        CocoImages(coco, data.min_size, data.max_size, normalization),
-        per_rank,
-        rank,
-        world_size,
-        seed,
-        data.flip_prob,
-        data.aspect_ratio_grouping,
-        data.size_divisibility,
-        data.num_workers,
-    )
+    return loader
 
 
 def build_val_loader(
@@ -162,25 +113,11 @@ def build_val_loader(
 ) -> Iterable[Batch]:
     """Evaluation batches of `rank` (cfg.data.val_ims_per_batch images, unflipped): the ranks' shards
     partition the val images, in image id order, so each image is read exactly once."""
-    _check(cfg, world_size)
     data = cfg.data
     coco = load_coco(data.root, data.val_split, keep_empty_images=True)
     check_num_classes(coco, cfg.model.num_classes)
-    if resolve_loader(data) == "dali":
-        from dali_pipeline.loader import DaliValLoader
-
-        settings = _dali_settings(data, normalization)
-        return DaliValLoader(coco, settings, data.val_ims_per_batch, rank, world_size)
-    from harness.data.loader import CocoImages, TorchValLoader
-
-    return TorchValLoader(
-        CocoImages(coco, data.min_size, data.max_size, normalization),
-        data.val_ims_per_batch,
-        rank,
-        world_size,
-        data.size_divisibility,
-        data.num_workers,
-    )
+    _, val_loader = _loader_classes(data)
+    return val_loader(coco, data, normalization, rank, world_size)
 
 
 def val_annotation_file(cfg: Config) -> Path:

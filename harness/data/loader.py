@@ -8,7 +8,6 @@ itself and is raised in the main process (DataLoader would re-raise it as a mult
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -17,14 +16,11 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from harness.config import DataConfig
 from harness.data.batch import Batch, ImageTarget, Normalization
 from harness.data.coco import CocoDataError, CocoRecord, CocoSet
 from harness.data.images import decode, size_mismatch
-from harness.data.sampler import (
-    GroupedEpochs,
-    batches_consumed,
-    shard_range,
-)
+from harness.data.sampler import GroupedEpochs, Keys, shard_range
 from harness.data.transforms import normalize, pad_batch, record_target, resized_size
 
 
@@ -89,66 +85,58 @@ def _raise_errors(batches: Iterable[Batch | CocoDataError]) -> Iterator[Batch]:
 
 
 class _EpochBatches:
-    """The DataLoader's batch sampler: the batches of the epoch being read."""
+    """The DataLoader's batch sampler: the batches of the pass being read."""
 
     def __init__(self) -> None:
-        self.batches: list[list[tuple[int, bool]]] = []
+        self.batches: list[Keys] = []
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def __iter__(self) -> Iterator[Keys]:
         return iter(self.batches)
 
 
-class TorchTrainLoader:
-    """Training batches of one rank: `len()` batches per epoch of `batch_size` images each;
-    num_samples: usable training images over all ranks."""
+class TorchTrainLoader(GroupedEpochs):
+    """Training batches of one rank: `len()` batches per epoch of `images_per_rank` images each
+    (the epochs, set_epoch and num_samples of GroupedEpochs)."""
 
     def __init__(
         self,
-        dataset: CocoImages,
-        batch_size: int,
+        coco: CocoSet,
+        data: DataConfig,
+        norm: Normalization,
+        images_per_step: int,
         rank: int,
         world_size: int,
         seed: int,
-        flip_prob: float,
-        grouping: bool,
-        size_divisibility: int,
-        num_workers: int,
     ) -> None:
-        recs = dataset.coco.records
-        landscape = np.array([r.width > r.height for r in recs], dtype=bool)
-        self.epochs = GroupedEpochs(
-            landscape, batch_size, rank, world_size, seed, flip_prob, grouping
+        landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
+        super().__init__(
+            landscape,
+            images_per_step,
+            rank,
+            world_size,
+            seed,
+            data.flip_prob,
+            data.aspect_ratio_grouping,
         )
-        self.batch_size, self.world_size = batch_size, world_size
-        self.num_samples = len(recs)
-        self.epoch, self.skip = 0, 0
         self.sampler = _EpochBatches()
         self.loader = DataLoader(
-            dataset,
+            CocoImages(coco, data.min_size, data.max_size, norm),
             batch_sampler=self.sampler,
-            num_workers=num_workers,
-            collate_fn=_Collate(size_divisibility),
-            persistent_workers=num_workers > 0,
+            num_workers=data.num_workers,
+            collate_fn=_Collate(data.size_divisibility),
+            persistent_workers=data.num_workers > 0,
             # Its own generator: each iter() draws a base seed, which must not advance the global
             # RNG that sampling uses, or a resumed run would draw differently from a straight one.
             generator=torch.Generator().manual_seed(seed),
         )
 
-    def __len__(self) -> int:
-        return self.epochs.length
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Make the next pass epoch `epoch`, without its first `start` samples (a global count, as
-        checkpoints record it). Without a call, passes run epochs 0, 1, 2, ..."""
-        self.epoch, self.skip = epoch, batches_consumed(start, self.batch_size, self.world_size)
-
     def __iter__(self) -> Iterator[Batch]:
-        self.sampler.batches = self.epochs.batches(self.epoch)[self.skip :]
+        self.sampler.batches = self.batches(self.epoch)[self.skip :]
         yield from _raise_errors(self.loader)
-        self.epoch, self.skip = self.epoch + 1, 0
+        self.finish_pass()
 
 
 class TorchValLoader:
@@ -156,24 +144,19 @@ class TorchValLoader:
     num_samples: val images over all ranks."""
 
     def __init__(
-        self,
-        dataset: CocoImages,
-        batch_size: int,
-        rank: int,
-        world_size: int,
-        size_divisibility: int,
-        num_workers: int,
+        self, coco: CocoSet, data: DataConfig, norm: Normalization, rank: int, world_size: int
     ) -> None:
-        self.num_samples = len(dataset)
-        start, end = shard_range(len(dataset), rank, world_size)
+        self.num_samples = len(coco.records)
+        start, end = shard_range(len(coco.records), rank, world_size)
         keys = [(i, False) for i in range(start, end)]
-        batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
-        self.num_batches = math.ceil(len(keys) / batch_size)
+        size = data.val_ims_per_batch
+        batches = [keys[i : i + size] for i in range(0, len(keys), size)]
+        self.num_batches = len(batches)
         self.loader = DataLoader(
-            dataset,
+            CocoImages(coco, data.min_size, data.max_size, norm),
             batch_sampler=batches,
-            num_workers=num_workers,
-            collate_fn=_Collate(size_divisibility),
+            num_workers=data.num_workers,
+            collate_fn=_Collate(data.size_divisibility),
         )
 
     def __len__(self) -> int:

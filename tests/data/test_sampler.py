@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
+from harness.config import ConfigError
 from harness.data.sampler import (
     GroupedEpochs,
-    batches_consumed,
+    images_per_rank,
     iterations_per_epoch,
     shard_range,
 )
@@ -26,17 +27,31 @@ def test_iterations_agree_on_every_rank_and_leave_room_for_grouping():
         iterations_per_epoch(10, 1, 0, grouping=False)
 
 
-def test_batches_consumed_counts_global_batches():
-    assert batches_consumed(48, batch_size=4, world_size=4) == 3
-    with pytest.raises(ValueError, match="whole number of global batches of 16"):
-        batches_consumed(20, batch_size=4, world_size=4)
-
-
 LANDSCAPE = np.arange(40) % 3 == 0
 
 
 def _epochs(rank=0, world=1, seed=0, grouping=True, batch=4, flip=0.5):
-    return GroupedEpochs(LANDSCAPE, batch, rank, world, seed, flip, grouping)
+    """`batch`: images per rank and batch."""
+    return GroupedEpochs(LANDSCAPE, batch * world, rank, world, seed, flip, grouping)
+
+
+def test_the_global_batch_splits_evenly_over_the_ranks():
+    assert images_per_rank(48, 4) == 12
+    for images, world in [(6, 4), (2, 4), (4, 0)]:
+        with pytest.raises(ConfigError, match=rf"ims_per_batch={images}: .*world_size={world}"):
+            images_per_rank(images, world)
+    with pytest.raises(ConfigError, match="world_size=4"):
+        GroupedEpochs(LANDSCAPE, 6, 0, 4, seed=0, flip_prob=0.5, grouping=True)
+
+
+def test_a_pass_starts_after_whole_global_batches():
+    epochs = _epochs(world=4, batch=4, grouping=False)  # 10 images per rank: two batches
+    epochs.set_epoch(2, start=16)
+    assert (epochs.epoch, epochs.skip) == (2, 1)
+    with pytest.raises(ValueError, match="whole number of global batches of 16 images"):
+        epochs.set_epoch(2, start=20)
+    epochs.finish_pass()
+    assert (epochs.epoch, epochs.skip) == (3, 0)
 
 
 @pytest.mark.parametrize("seed", range(5))
