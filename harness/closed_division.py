@@ -28,7 +28,15 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import Config, DataConfig, ModelConfig, RunConfig, SolverConfig
+from harness.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SolverConfig,
+)
+from harness.data.sampler import images_per_rank
 from harness.model.weights import resolve_format
 
 RULES = "training_rules.adoc (3.1), hyperparameter table"
@@ -161,10 +169,11 @@ def _tunable_problems(cfg: Config, world_size: int) -> list[str]:
         problems.append(f"solver.warmup_iters={solver.warmup_iters}: must be >= 0 (3.1.0 checker)")
     if solver.warmup_factor <= 0:
         problems.append(f"solver.warmup_factor={solver.warmup_factor}: must be > 0 (3.1.0 checker)")
-    if batch % world_size:
-        problems.append(f"solver.ims_per_batch={batch} does not split over {world_size} chips")
+    try:
+        per_chip = images_per_rank(batch, world_size)
+    except ConfigError as error:
+        problems.append(str(error))
     else:
-        per_chip = batch // world_size
         candidates = cfg.model.rpn.post_nms_top_n_train
         if candidates not in (1000, 1000 * per_chip):
             problems.append(

@@ -138,6 +138,11 @@ def test_tunables_within_the_rules_are_accepted(r50_pkl):
     assert closed_division.problems(dgx1(r50_pkl), world_size=4)[0].startswith(
         "model.rpn.post_nms_top_n_train=6000"
     )
+    # 48 images do not split over 5 chips: named once, by the batch split's one owner
+    assert closed_division.problems(dgx1(r50_pkl), world_size=5) == [
+        "solver.ims_per_batch=48: the images of a step must split evenly over the world size "
+        "(world_size=5)"
+    ]
 
 
 def test_weights_must_be_the_reference_pickle(tmp_path, r50_pkl):

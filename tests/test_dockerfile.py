@@ -17,6 +17,7 @@ import pytest
 from packaging.version import Version
 
 from harness.config import load as load_config
+from harness.data.sampler import images_per_rank
 from scripts.render_dockerfile import (
     ARCH_LIST,
     BASE,
@@ -214,7 +215,11 @@ def test_preferred_shmem_holds_the_dgx1_data_loaders():
 
     image = 3 * padded(data.min_size) * padded(data.max_size) * 4
     in_flight = gpus * data.num_workers * 2
-    need = in_flight * (cfg.solver.ims_per_batch // gpus + data.val_ims_per_batch) * image
+    need = (
+        in_flight
+        * (images_per_rank(cfg.solver.ims_per_batch, gpus) + data.val_ims_per_batch)
+        * image
+    )
     shmem = _bytes(labels(dockerfile())["ai.backend.resource.preferred.shmem"])
     assert shmem >= 2 * need, f"shmem {shmem / 2**30:.1f} GiB < 2 x {need / 2**30:.1f} GiB"
     assert shmem < _bytes("64g")
