@@ -1,0 +1,238 @@
+// CPU kernels of harness::mask_rle and harness::resize_bilinear: masks in parallel; per mask the
+// box's pixels are resized column by column (COCO's order) straight into the image's runs, so no
+// box-sized or image-sized buffer is ever written.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "mask_rle/mask_rle.h"
+
+namespace harness::detail {
+namespace {
+
+// Up to this output height + width ATen resizes a single-channel plane with its channels-last
+// kernel (four weights multiplied out, four products summed), above it with its generic separable
+// kernel (each source row along x, then two rows along y): aten/src/ATen/native/cpu/
+// UpSampleKernel.cpp, _use_vectorized_kernel_cond_2d and upsample_bilinear2d_kernel_impl_float.
+constexpr int64_t kChannelsLastMaxSize = 128;
+
+// a * b + c rounded once (ATen's FMA build) or twice (its DEFAULT build). std::fma is exact on any
+// CPU; this file is built without -mfma, so the compiler never fuses the plain expressions itself.
+inline float madd(float a, float b, float c, bool fused) {
+  return fused ? std::fma(a, b, c) : a * b + c;
+}
+
+// One output axis: the two source indices and weights of every output index, rounded in float32
+// as ATen's compute_source_index_and_lambda (ATen/native/UpSample.h) rounds them.
+struct Taps {
+  std::vector<int64_t> i0, i1;
+  std::vector<float> l0, l1;
+};
+
+Taps linear_taps(int64_t in, int64_t out, bool fused) {
+  Taps t{std::vector<int64_t>(out), std::vector<int64_t>(out), std::vector<float>(out),
+         std::vector<float>(out)};
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  for (int64_t o = 0; o < out; ++o) {
+    if (in == out) {  // ATen copies
+      t.i0[o] = t.i1[o] = o;
+      t.l0[o] = 1.f;
+      t.l1[o] = 0.f;
+      continue;
+    }
+    // scale * (o + 0.5) - 0.5, clamped at 0 (area_pixel_compute_source_index).
+    const float src = std::max(madd(scale, static_cast<float>(o) + 0.5f, -0.5f, fused), 0.f);
+    const int64_t index = std::min(static_cast<int64_t>(std::floor(src)), in - 1);
+    const float lambda = std::min(std::max(src - static_cast<float>(index), 0.f), 1.f);
+    t.i0[o] = index;
+    t.i1[o] = index + (index < in - 1 ? 1 : 0);
+    t.l0[o] = 1.f - lambda;
+    t.l1[o] = lambda;
+  }
+  return t;
+}
+
+// Resizes the plane src [in_h, in_w] to [out_h, out_w] and hands over the window rows [r0, r1) x
+// columns [c0, c1) column by column: column(x, values) with values[i] the pixel (r0 + i, x).
+template <typename Column>
+void resize_window(const float* src, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                   ResizeArithmetic arithmetic, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                   Column&& column) {
+  std::vector<float> values(r1 - r0);
+  if (arithmetic == ResizeArithmetic::kAten) {
+    const at::Tensor plane =
+        at::from_blob(const_cast<float*>(src), {1, 1, in_h, in_w}, at::TensorOptions(at::kFloat));
+    const at::Tensor resized = at::upsample_bilinear2d(plane, {out_h, out_w}, false);
+    const float* out = resized.const_data_ptr<float>();
+    for (int64_t x = c0; x < c1; ++x) {
+      for (int64_t y = r0; y < r1; ++y) values[y - r0] = out[y * out_w + x];
+      column(x, values.data());
+    }
+    return;
+  }
+  const bool fused = arithmetic == ResizeArithmetic::kFused;
+  const Taps rows = linear_taps(in_h, out_h, fused);
+  const Taps cols = linear_taps(in_w, out_w, fused);
+  if (out_h + out_w <= kChannelsLastMaxSize) {
+    for (int64_t x = c0; x < c1; ++x) {
+      const int64_t x0 = cols.i0[x], x1 = cols.i1[x];
+      for (int64_t y = r0; y < r1; ++y) {
+        const float* top = src + rows.i0[y] * in_w;
+        const float* bottom = src + rows.i1[y] * in_w;
+        const float w00 = rows.l0[y] * cols.l0[x], w01 = rows.l0[y] * cols.l1[x];
+        const float w10 = rows.l1[y] * cols.l0[x], w11 = rows.l1[y] * cols.l1[x];
+        // ((top[x0] * w00 + top[x1] * w01) + bottom[x0] * w10) + bottom[x1] * w11, in the order
+        // the FMA build fuses it.
+        const float first = madd(top[x0], w00, top[x1] * w01, fused);
+        values[y - r0] = madd(bottom[x1], w11, madd(bottom[x0], w10, first, fused), fused);
+      }
+      column(x, values.data());
+    }
+    return;
+  }
+  std::vector<float> along_x(in_h);  // every source row interpolated at column x
+  for (int64_t x = c0; x < c1; ++x) {
+    const int64_t x0 = cols.i0[x], x1 = cols.i1[x];
+    const float l0 = cols.l0[x], l1 = cols.l1[x];
+    for (int64_t r = 0; r < in_h; ++r) {
+      along_x[r] = madd(src[r * in_w + x0], l0, src[r * in_w + x1] * l1, fused);
+    }
+    for (int64_t y = r0; y < r1; ++y) {
+      values[y - r0] =
+          madd(along_x[rows.i0[y]], rows.l0[y], along_x[rows.i1[y]] * rows.l1[y], fused);
+    }
+    column(x, values.data());
+  }
+}
+
+// The runs of one (height, width) mask in COCO's column-major order, from the positions where its
+// value changes; `finish` writes them as COCO's compressed string (pycocotools' rleToString): each
+// count, less the count two before it from the fourth on, in 5-bit groups from the lowest, each
+// group plus 48 with 0x20 set while more follow, until the rest is 0 (or -1 for a negative count).
+class RunWriter {
+ public:
+  explicit RunWriter(int64_t numel) : numel_(numel) {}
+
+  // Pixel `position` (column-major) and those after it, up to the next call, are `on`.
+  void set(int64_t position, bool on) {
+    if (on != on_) {
+      counts_.push_back(position - start_);
+      start_ = position;
+      on_ = on;
+    }
+  }
+
+  std::string finish() {
+    counts_.push_back(numel_ - start_);
+    std::string out;
+    for (size_t i = 0; i < counts_.size(); ++i) {
+      int64_t rest = counts_[i] - (i > 2 ? counts_[i - 2] : 0);
+      bool more = true;
+      while (more) {
+        int64_t group = rest & 0x1f;
+        rest >>= 5;  // arithmetic shift: the sign stays
+        more = (group & 0x10) ? rest != -1 : rest != 0;
+        if (more) group |= 0x20;
+        out.push_back(static_cast<char>(group + 48));
+      }
+    }
+    return out;
+  }
+
+ private:
+  int64_t numel_;
+  int64_t start_ = 0;
+  bool on_ = false;
+  std::vector<int64_t> counts_;
+};
+
+std::string mask_string(const float* plane, int64_t in_h, int64_t in_w, const int64_t* box,
+                        int64_t height, int64_t width, float threshold,
+                        ResizeArithmetic arithmetic) {
+  const int64_t x1 = box[0], y1 = box[1], x2 = box[2], y2 = box[3];
+  const int64_t out_w = std::max<int64_t>(x2 - x1 + 1, 1);
+  const int64_t out_h = std::max<int64_t>(y2 - y1 + 1, 1);
+  // The box's part inside the image, in image pixels.
+  const int64_t left = std::max<int64_t>(x1, 0), right = std::min(x2 + 1, width);
+  const int64_t top = std::max<int64_t>(y1, 0), bottom = std::min(y2 + 1, height);
+  RunWriter runs(height * width);
+  if (right <= left || bottom <= top) return runs.finish();
+  resize_window(plane, in_h, in_w, out_h, out_w, arithmetic, top - y1, bottom - y1, left - x1,
+                right - x1, [&](int64_t x, const float* values) {
+                  const int64_t column = (x + x1) * height;
+                  if (top > 0) runs.set(column, false);
+                  for (int64_t y = top; y < bottom; ++y) {
+                    runs.set(column + y, values[y - top] > threshold);
+                  }
+                  if (bottom < height) runs.set(column + bottom, false);
+                });
+  if (right < width) runs.set(right * height, false);
+  return runs.finish();
+}
+
+std::tuple<at::Tensor, at::Tensor> mask_rle_cpu(const at::Tensor& masks, const at::Tensor& boxes,
+                                                int64_t height, int64_t width, double threshold,
+                                                c10::string_view arithmetic) {
+  check_mask_rle_args(masks, boxes, height, width);
+  const ResizeArithmetic how =
+      parse_arithmetic("mask_rle", std::string_view(arithmetic.data(), arithmetic.size()));
+  const int64_t num = masks.size(0);
+  std::vector<std::string> strings(num);
+  if (num > 0) {
+    const at::Tensor planes = masks.contiguous();
+    const at::Tensor corners = boxes.contiguous();
+    const int64_t in_h = planes.size(1), in_w = planes.size(2);
+    const float* data = planes.const_data_ptr<float>();
+    const int64_t* box = corners.const_data_ptr<int64_t>();
+    // torch compares a float32 tensor with a Python float in float32.
+    const float cut = static_cast<float>(threshold);
+    at::parallel_for(0, num, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        strings[k] =
+            mask_string(data + k * in_h * in_w, in_h, in_w, box + 4 * k, height, width, cut, how);
+      }
+    });
+  }
+  at::Tensor offsets = at::empty({num + 1}, at::TensorOptions(at::kLong));
+  int64_t* offset = offsets.data_ptr<int64_t>();
+  offset[0] = 0;
+  for (int64_t k = 0; k < num; ++k) offset[k + 1] = offset[k] + strings[k].size();
+  at::Tensor chars = at::empty({offset[num]}, at::TensorOptions(at::kByte));
+  uint8_t* out = chars.data_ptr<uint8_t>();
+  for (int64_t k = 0; k < num; ++k)
+    std::copy(strings[k].begin(), strings[k].end(), out + offset[k]);
+  return {chars, offsets};
+}
+
+at::Tensor resize_bilinear_cpu(const at::Tensor& plane, int64_t height, int64_t width,
+                               c10::string_view arithmetic) {
+  check_plane("resize_bilinear", "plane", plane, 2);
+  TORCH_CHECK(height >= 1 && width >= 1, "resize_bilinear: height and width must be >= 1, got ",
+              height, " x ", width);
+  const ResizeArithmetic how =
+      parse_arithmetic("resize_bilinear", std::string_view(arithmetic.data(), arithmetic.size()));
+  const at::Tensor src = plane.contiguous();
+  at::Tensor out = at::empty({height, width}, src.options());
+  float* o = out.data_ptr<float>();
+  resize_window(src.const_data_ptr<float>(), src.size(0), src.size(1), height, width, how, 0,
+                height, 0, width, [&](int64_t x, const float* values) {
+                  for (int64_t y = 0; y < height; ++y) o[y * width + x] = values[y];
+                });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(harness, CPU, m) {
+  m.impl("mask_rle", &mask_rle_cpu);
+  m.impl("resize_bilinear", &resize_bilinear_cpu);
+}
+
+}  // namespace harness::detail
