@@ -23,10 +23,19 @@ namespace {
 // UpSampleKernel.cpp, _use_vectorized_kernel_cond_2d and upsample_bilinear2d_kernel_impl_float.
 constexpr int64_t kChannelsLastMaxSize = 128;
 
-// a * b + c rounded once (ATen's FMA build) or twice (its DEFAULT build). std::fma is exact on any
-// CPU; this file is built without -mfma, so the compiler never fuses the plain expressions itself.
-inline float madd(float a, float b, float c, bool fused) {
-  return fused ? std::fma(a, b, c) : a * b + c;
+// Inlined into resize_window_fma below, so that its std::fma calls become FMA instructions there.
+#define HARNESS_ALWAYS_INLINE inline __attribute__((always_inline))
+
+// a * b + c rounded once (ATen's FMA build) or twice (its DEFAULT build). This file is built
+// without -mfma, so the compiler never fuses the plain expression itself; std::fma is exact on
+// any CPU (a libm call, or one instruction inside resize_window_fma).
+template <bool kFused>
+HARNESS_ALWAYS_INLINE float madd(float a, float b, float c) {
+  if constexpr (kFused) {
+    return std::fma(a, b, c);
+  } else {
+    return a * b + c;
+  }
 }
 
 // One output axis: the two source indices and weights of every output index, rounded in float32
@@ -36,7 +45,8 @@ struct Taps {
   std::vector<float> l0, l1;
 };
 
-Taps linear_taps(int64_t in, int64_t out, bool fused) {
+template <bool kFused>
+HARNESS_ALWAYS_INLINE Taps linear_taps(int64_t in, int64_t out) {
   Taps t{std::vector<int64_t>(out), std::vector<int64_t>(out), std::vector<float>(out),
          std::vector<float>(out)};
   const float scale = static_cast<float>(in) / static_cast<float>(out);
@@ -48,7 +58,7 @@ Taps linear_taps(int64_t in, int64_t out, bool fused) {
       continue;
     }
     // scale * (o + 0.5) - 0.5, clamped at 0 (area_pixel_compute_source_index).
-    const float src = std::max(madd(scale, static_cast<float>(o) + 0.5f, -0.5f, fused), 0.f);
+    const float src = std::max(madd<kFused>(scale, static_cast<float>(o) + 0.5f, -0.5f), 0.f);
     const int64_t index = std::min(static_cast<int64_t>(std::floor(src)), in - 1);
     const float lambda = std::min(std::max(src - static_cast<float>(index), 0.f), 1.f);
     t.i0[o] = index;
@@ -59,27 +69,16 @@ Taps linear_taps(int64_t in, int64_t out, bool fused) {
   return t;
 }
 
-// Resizes the plane src [in_h, in_w] to [out_h, out_w] and hands over the window rows [r0, r1) x
-// columns [c0, c1) column by column: column(x, values) with values[i] the pixel (r0 + i, x).
-template <typename Column>
-void resize_window(const float* src, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
-                   ResizeArithmetic arithmetic, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                   Column&& column) {
+// Resizes the plane src [in_h, in_w] to [out_h, out_w] with ATen's fused or plain arithmetic and
+// hands over the window rows [r0, r1) x columns [c0, c1) column by column: column(x, values) with
+// values[i] the pixel (r0 + i, x).
+template <bool kFused, typename Column>
+HARNESS_ALWAYS_INLINE void resize_window(const float* src, int64_t in_h, int64_t in_w,
+                                         int64_t out_h, int64_t out_w, int64_t r0, int64_t r1,
+                                         int64_t c0, int64_t c1, Column& column) {
   std::vector<float> values(r1 - r0);
-  if (arithmetic == ResizeArithmetic::kAten) {
-    const at::Tensor plane =
-        at::from_blob(const_cast<float*>(src), {1, 1, in_h, in_w}, at::TensorOptions(at::kFloat));
-    const at::Tensor resized = at::upsample_bilinear2d(plane, {out_h, out_w}, false);
-    const float* out = resized.const_data_ptr<float>();
-    for (int64_t x = c0; x < c1; ++x) {
-      for (int64_t y = r0; y < r1; ++y) values[y - r0] = out[y * out_w + x];
-      column(x, values.data());
-    }
-    return;
-  }
-  const bool fused = arithmetic == ResizeArithmetic::kFused;
-  const Taps rows = linear_taps(in_h, out_h, fused);
-  const Taps cols = linear_taps(in_w, out_w, fused);
+  const Taps rows = linear_taps<kFused>(in_h, out_h);
+  const Taps cols = linear_taps<kFused>(in_w, out_w);
   if (out_h + out_w <= kChannelsLastMaxSize) {
     for (int64_t x = c0; x < c1; ++x) {
       const int64_t x0 = cols.i0[x], x1 = cols.i1[x];
@@ -90,8 +89,8 @@ void resize_window(const float* src, int64_t in_h, int64_t in_w, int64_t out_h, 
         const float w10 = rows.l1[y] * cols.l0[x], w11 = rows.l1[y] * cols.l1[x];
         // ((top[x0] * w00 + top[x1] * w01) + bottom[x0] * w10) + bottom[x1] * w11, in the order
         // the FMA build fuses it.
-        const float first = madd(top[x0], w00, top[x1] * w01, fused);
-        values[y - r0] = madd(bottom[x1], w11, madd(bottom[x0], w10, first, fused), fused);
+        const float first = madd<kFused>(top[x0], w00, top[x1] * w01);
+        values[y - r0] = madd<kFused>(bottom[x1], w11, madd<kFused>(bottom[x0], w10, first));
       }
       column(x, values.data());
     }
@@ -102,13 +101,57 @@ void resize_window(const float* src, int64_t in_h, int64_t in_w, int64_t out_h, 
     const int64_t x0 = cols.i0[x], x1 = cols.i1[x];
     const float l0 = cols.l0[x], l1 = cols.l1[x];
     for (int64_t r = 0; r < in_h; ++r) {
-      along_x[r] = madd(src[r * in_w + x0], l0, src[r * in_w + x1] * l1, fused);
+      along_x[r] = madd<kFused>(src[r * in_w + x0], l0, src[r * in_w + x1] * l1);
     }
     for (int64_t y = r0; y < r1; ++y) {
       values[y - r0] =
-          madd(along_x[rows.i0[y]], rows.l0[y], along_x[rows.i1[y]] * rows.l1[y], fused);
+          madd<kFused>(along_x[rows.i0[y]], rows.l0[y], along_x[rows.i1[y]] * rows.l1[y]);
     }
     column(x, values.data());
+  }
+}
+
+// The fused arithmetic built for FMA hardware: everything above inlines here, and std::fma
+// becomes one instruction instead of a libm call. Every multiply-add in it is an explicit
+// std::fma, so the compiler finds nothing else to fuse.
+template <typename Column>
+__attribute__((target("fma"))) void resize_window_fma(const float* src, int64_t in_h, int64_t in_w,
+                                                      int64_t out_h, int64_t out_w, int64_t r0,
+                                                      int64_t r1, int64_t c0, int64_t c1,
+                                                      Column& column) {
+  resize_window<true>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
+}
+
+// ATen's own resize of the whole box, handed over like resize_window's.
+template <typename Column>
+void resize_window_aten(const float* src, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                        int64_t r0, int64_t r1, int64_t c0, int64_t c1, Column& column) {
+  const at::Tensor plane =
+      at::from_blob(const_cast<float*>(src), {1, 1, in_h, in_w}, at::TensorOptions(at::kFloat));
+  const at::Tensor resized = at::upsample_bilinear2d(plane, {out_h, out_w}, false);
+  const float* out = resized.const_data_ptr<float>();
+  std::vector<float> values(r1 - r0);
+  for (int64_t x = c0; x < c1; ++x) {
+    for (int64_t y = r0; y < r1; ++y) values[y - r0] = out[y * out_w + x];
+    column(x, values.data());
+  }
+}
+
+template <typename Column>
+void resize_columns(const float* src, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                    ResizeArithmetic arithmetic, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                    Column&& column) {
+  static const bool has_fma = __builtin_cpu_supports("fma");
+  switch (arithmetic) {
+    case ResizeArithmetic::kAten:
+      return resize_window_aten(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
+    case ResizeArithmetic::kFused:
+      if (has_fma) {
+        return resize_window_fma(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
+      }
+      return resize_window<true>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
+    case ResizeArithmetic::kPlain:
+      return resize_window<false>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
   }
 }
 
@@ -164,15 +207,15 @@ std::string mask_string(const float* plane, int64_t in_h, int64_t in_w, const in
   const int64_t top = std::max<int64_t>(y1, 0), bottom = std::min(y2 + 1, height);
   RunWriter runs(height * width);
   if (right <= left || bottom <= top) return runs.finish();
-  resize_window(plane, in_h, in_w, out_h, out_w, arithmetic, top - y1, bottom - y1, left - x1,
-                right - x1, [&](int64_t x, const float* values) {
-                  const int64_t column = (x + x1) * height;
-                  if (top > 0) runs.set(column, false);
-                  for (int64_t y = top; y < bottom; ++y) {
-                    runs.set(column + y, values[y - top] > threshold);
-                  }
-                  if (bottom < height) runs.set(column + bottom, false);
-                });
+  resize_columns(plane, in_h, in_w, out_h, out_w, arithmetic, top - y1, bottom - y1, left - x1,
+                 right - x1, [&](int64_t x, const float* values) {
+                   const int64_t column = (x + x1) * height;
+                   if (top > 0) runs.set(column, false);
+                   for (int64_t y = top; y < bottom; ++y) {
+                     runs.set(column + y, values[y - top] > threshold);
+                   }
+                   if (bottom < height) runs.set(column + bottom, false);
+                 });
   if (right < width) runs.set(right * height, false);
   return runs.finish();
 }
@@ -221,10 +264,10 @@ at::Tensor resize_bilinear_cpu(const at::Tensor& plane, int64_t height, int64_t 
   const at::Tensor src = plane.contiguous();
   at::Tensor out = at::empty({height, width}, src.options());
   float* o = out.data_ptr<float>();
-  resize_window(src.const_data_ptr<float>(), src.size(0), src.size(1), height, width, how, 0,
-                height, 0, width, [&](int64_t x, const float* values) {
-                  for (int64_t y = 0; y < height; ++y) o[y * width + x] = values[y];
-                });
+  resize_columns(src.const_data_ptr<float>(), src.size(0), src.size(1), height, width, how, 0,
+                 height, 0, width, [&](int64_t x, const float* values) {
+                   for (int64_t y = 0; y < height; ++y) o[y * width + x] = values[y];
+                 });
   return out;
 }
 
