@@ -1,12 +1,14 @@
 // CPU kernels of harness::mask_rle and harness::resize_bilinear: masks in parallel; per mask the
 // box's pixels are resized column by column (COCO's order) straight into the image's runs, so no
-// box-sized or image-sized buffer is ever written.
+// box-sized or image-sized buffer is ever written, and stretches of a column that are decided
+// before interpolation (far from the threshold) are written as a whole.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -69,19 +71,52 @@ HARNESS_ALWAYS_INLINE Taps linear_taps(int64_t in, int64_t out) {
   return t;
 }
 
+// Where the resized pixels go. A sink has begin(x) / end() around each column x of the window and
+// pixel(y, value) for each of its rows y, top to bottom (x, y in pixels of the output box). A sink
+// with kThresholds (mask_rle's) only needs to know whether value > threshold(), and also takes
+// stretch(y, on): rows y and below, up to the next call in the column, are `on`.
+//
+// ValueSink: the resize itself, for resize_bilinear.
+struct ValueSink {
+  static constexpr bool kThresholds = false;
+  float* out;
+  int64_t width;
+  int64_t x = 0;
+
+  void begin(int64_t column) { x = column; }
+  void pixel(int64_t y, float value) { out[y * width + x] = value; }
+  void end() {}
+};
+
+// The mask's threshold margins: two interpolated values (along_x, below) both <= low give a pixel
+// <= threshold, both >= high a pixel > threshold, whatever the rounding. Why: the pixel is
+// fl(a * l0 + fl(b * l1)) (fused) or fl(fl(a * l0) + fl(b * l1)) (plain) with weights l0, l1 in
+// [0, 1] and l0 + l1 = fl(1 - l1) + l1 within 2^-25 of 1; each rounding is monotone, so for a, b
+// <= low the pixel is at most low * (1 + 2^-25) * (1 + 2^-24)^2 < low * (1 + 2^-22), and for a, b
+// >= high at least high * (1 - 2^-25) * (1 - 2^-24)^2 > high * (1 - 2^-22). With margins of
+// 2^-20 (relative; low and high themselves rounded within 2^-24) both sides are decided with room
+// to spare. The bounds assume a normal, positive threshold; any other turns the shortcut off.
+struct Margins {
+  float low, high;
+  explicit Margins(float threshold) {
+    const bool on = threshold >= std::numeric_limits<float>::min() && std::isfinite(threshold);
+    low = on ? threshold * (1.f - 0x1p-20f) : -std::numeric_limits<float>::infinity();
+    high = on ? threshold * (1.f + 0x1p-20f) : std::numeric_limits<float>::infinity();
+  }
+};
+
 // Resizes the plane src [in_h, in_w] to [out_h, out_w] with ATen's fused or plain arithmetic and
-// hands over the window rows [r0, r1) x columns [c0, c1) column by column: column(x, values) with
-// values[i] the pixel (r0 + i, x).
-template <bool kFused, typename Column>
+// hands the window rows [r0, r1) x columns [c0, c1) to `sink`, column by column.
+template <bool kFused, typename Sink>
 HARNESS_ALWAYS_INLINE void resize_window(const float* src, int64_t in_h, int64_t in_w,
                                          int64_t out_h, int64_t out_w, int64_t r0, int64_t r1,
-                                         int64_t c0, int64_t c1, Column& column) {
-  std::vector<float> values(r1 - r0);
+                                         int64_t c0, int64_t c1, Sink& sink) {
   const Taps rows = linear_taps<kFused>(in_h, out_h);
   const Taps cols = linear_taps<kFused>(in_w, out_w);
   if (out_h + out_w <= kChannelsLastMaxSize) {
     for (int64_t x = c0; x < c1; ++x) {
       const int64_t x0 = cols.i0[x], x1 = cols.i1[x];
+      sink.begin(x);
       for (int64_t y = r0; y < r1; ++y) {
         const float* top = src + rows.i0[y] * in_w;
         const float* bottom = src + rows.i1[y] * in_w;
@@ -90,68 +125,89 @@ HARNESS_ALWAYS_INLINE void resize_window(const float* src, int64_t in_h, int64_t
         // ((top[x0] * w00 + top[x1] * w01) + bottom[x0] * w10) + bottom[x1] * w11, in the order
         // the FMA build fuses it.
         const float first = madd<kFused>(top[x0], w00, top[x1] * w01);
-        values[y - r0] = madd<kFused>(bottom[x1], w11, madd<kFused>(bottom[x0], w10, first));
+        sink.pixel(y, madd<kFused>(bottom[x1], w11, madd<kFused>(bottom[x0], w10, first)));
       }
-      column(x, values.data());
+      sink.end();
     }
     return;
   }
-  std::vector<float> along_x(in_h);  // every source row interpolated at column x
+  // The generic kernel: every source row interpolated at column x (along_x), then two of them at
+  // row y. Consecutive rows y that read the same two source rows form a segment; where a sink
+  // thresholds and both rows lie beyond the margins, the whole segment is decided without its
+  // pixels.
+  std::vector<int64_t> segment_starts;
+  for (int64_t y = r0; y < r1; ++y) {
+    if (y == r0 || rows.i0[y] != rows.i0[y - 1]) segment_starts.push_back(y);
+  }
+  segment_starts.push_back(r1);
+  std::vector<float> along_x(in_h);
   for (int64_t x = c0; x < c1; ++x) {
     const int64_t x0 = cols.i0[x], x1 = cols.i1[x];
     const float l0 = cols.l0[x], l1 = cols.l1[x];
     for (int64_t r = 0; r < in_h; ++r) {
       along_x[r] = madd<kFused>(src[r * in_w + x0], l0, src[r * in_w + x1] * l1);
     }
-    for (int64_t y = r0; y < r1; ++y) {
-      values[y - r0] =
-          madd<kFused>(along_x[rows.i0[y]], rows.l0[y], along_x[rows.i1[y]] * rows.l1[y]);
+    sink.begin(x);
+    for (size_t s = 0; s + 1 < segment_starts.size(); ++s) {
+      const int64_t begin = segment_starts[s], end = segment_starts[s + 1];
+      const float a = along_x[rows.i0[begin]], b = along_x[rows.i1[begin]];
+      if constexpr (Sink::kThresholds) {
+        if (a <= sink.margins.low && b <= sink.margins.low) {
+          sink.stretch(begin, false);
+          continue;
+        }
+        if (a >= sink.margins.high && b >= sink.margins.high) {
+          sink.stretch(begin, true);
+          continue;
+        }
+      }
+      for (int64_t y = begin; y < end; ++y) {
+        sink.pixel(y, madd<kFused>(a, rows.l0[y], b * rows.l1[y]));
+      }
     }
-    column(x, values.data());
+    sink.end();
   }
 }
 
 // The fused arithmetic built for FMA hardware: everything above inlines here, and std::fma
 // becomes one instruction instead of a libm call. Every multiply-add in it is an explicit
 // std::fma, so the compiler finds nothing else to fuse.
-template <typename Column>
+template <typename Sink>
 __attribute__((target("fma"))) void resize_window_fma(const float* src, int64_t in_h, int64_t in_w,
                                                       int64_t out_h, int64_t out_w, int64_t r0,
                                                       int64_t r1, int64_t c0, int64_t c1,
-                                                      Column& column) {
-  resize_window<true>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
+                                                      Sink& sink) {
+  resize_window<true>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, sink);
 }
 
 // ATen's own resize of the whole box, handed over like resize_window's.
-template <typename Column>
+template <typename Sink>
 void resize_window_aten(const float* src, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
-                        int64_t r0, int64_t r1, int64_t c0, int64_t c1, Column& column) {
+                        int64_t r0, int64_t r1, int64_t c0, int64_t c1, Sink& sink) {
   const at::Tensor plane =
       at::from_blob(const_cast<float*>(src), {1, 1, in_h, in_w}, at::TensorOptions(at::kFloat));
   const at::Tensor resized = at::upsample_bilinear2d(plane, {out_h, out_w}, false);
   const float* out = resized.const_data_ptr<float>();
-  std::vector<float> values(r1 - r0);
   for (int64_t x = c0; x < c1; ++x) {
-    for (int64_t y = r0; y < r1; ++y) values[y - r0] = out[y * out_w + x];
-    column(x, values.data());
+    sink.begin(x);
+    for (int64_t y = r0; y < r1; ++y) sink.pixel(y, out[y * out_w + x]);
+    sink.end();
   }
 }
 
-template <typename Column>
+template <typename Sink>
 void resize_columns(const float* src, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
                     ResizeArithmetic arithmetic, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                    Column&& column) {
+                    Sink& sink) {
   static const bool has_fma = __builtin_cpu_supports("fma");
   switch (arithmetic) {
     case ResizeArithmetic::kAten:
-      return resize_window_aten(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
+      return resize_window_aten(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, sink);
     case ResizeArithmetic::kFused:
-      if (has_fma) {
-        return resize_window_fma(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
-      }
-      return resize_window<true>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
+      if (has_fma) return resize_window_fma(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, sink);
+      return resize_window<true>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, sink);
     case ResizeArithmetic::kPlain:
-      return resize_window<false>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, column);
+      return resize_window<false>(src, in_h, in_w, out_h, out_w, r0, r1, c0, c1, sink);
   }
 }
 
@@ -196,6 +252,28 @@ class RunWriter {
   std::vector<int64_t> counts_;
 };
 
+// mask_rle's sink: the window's pixels, thresholded, into the image's runs. The box's top-left
+// pixel is (y1, x1) in the image; its visible rows are [top, bottom) of the image; the pixels above
+// and below them in each column are 0.
+struct RunSink {
+  static constexpr bool kThresholds = true;
+  RunWriter& runs;
+  Margins margins;
+  float threshold;
+  int64_t height, x1, y1, top, bottom;
+  int64_t column = 0;  // position of the current column's first pixel in the image
+
+  void begin(int64_t x) {
+    column = (x + x1) * height;
+    if (top > 0) runs.set(column, false);
+  }
+  void pixel(int64_t y, float value) { runs.set(column + y + y1, value > threshold); }
+  void stretch(int64_t y, bool on) { runs.set(column + y + y1, on); }
+  void end() {
+    if (bottom < height) runs.set(column + bottom, false);
+  }
+};
+
 std::string mask_string(const float* plane, int64_t in_h, int64_t in_w, const int64_t* box,
                         int64_t height, int64_t width, float threshold,
                         ResizeArithmetic arithmetic) {
@@ -207,15 +285,9 @@ std::string mask_string(const float* plane, int64_t in_h, int64_t in_w, const in
   const int64_t top = std::max<int64_t>(y1, 0), bottom = std::min(y2 + 1, height);
   RunWriter runs(height * width);
   if (right <= left || bottom <= top) return runs.finish();
+  RunSink sink{runs, Margins(threshold), threshold, height, x1, y1, top, bottom};
   resize_columns(plane, in_h, in_w, out_h, out_w, arithmetic, top - y1, bottom - y1, left - x1,
-                 right - x1, [&](int64_t x, const float* values) {
-                   const int64_t column = (x + x1) * height;
-                   if (top > 0) runs.set(column, false);
-                   for (int64_t y = top; y < bottom; ++y) {
-                     runs.set(column + y, values[y - top] > threshold);
-                   }
-                   if (bottom < height) runs.set(column + bottom, false);
-                 });
+                 right - x1, sink);
   if (right < width) runs.set(right * height, false);
   return runs.finish();
 }
@@ -263,11 +335,9 @@ at::Tensor resize_bilinear_cpu(const at::Tensor& plane, int64_t height, int64_t 
       parse_arithmetic("resize_bilinear", std::string_view(arithmetic.data(), arithmetic.size()));
   const at::Tensor src = plane.contiguous();
   at::Tensor out = at::empty({height, width}, src.options());
-  float* o = out.data_ptr<float>();
+  ValueSink sink{out.data_ptr<float>(), width};
   resize_columns(src.const_data_ptr<float>(), src.size(0), src.size(1), height, width, how, 0,
-                 height, 0, width, [&](int64_t x, const float* values) {
-                   for (int64_t y = 0; y < height; ++y) o[y * width + x] = values[y];
-                 });
+                 height, 0, width, sink);
   return out;
 }
 

@@ -121,6 +121,38 @@ def test_strings_equal_pycocotools_of_the_full_paste(arithmetic, values, size):
     assert strings == encode_full_paste(planes, boxes, height, width, 0.5)
 
 
+def margin_values(threshold: float) -> torch.Tensor:
+    """The threshold, the kernel's margins around it (csrc/mask_rle/mask_rle_cpu.cpp, Margins:
+    threshold * (1 -+ 2^-20) in float32) and the floats next to each: where a stretch of a column
+    is just decided, or just not, without computing its pixels."""
+    t = np.float32(threshold)
+    centres = [t, t * np.float32(1 - 2**-20), t * np.float32(1 + 2**-20)]
+    values = {float(np.nextafter(c, np.float32(d))) for c in centres for d in (-1, 2)}
+    return torch.tensor(sorted(values | {float(c) for c in centres} | {0.0, 1.0}))
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, 1e-40, 0.0, -0.25])
+def test_stretches_decided_at_the_margins_equal_the_full_paste(threshold):
+    # Planes of values at and around the margins, in 2 x 2 blocks and alone: large boxes (the
+    # kernel that decides whole stretches) and small ones. 1e-40 (subnormal), 0 and a negative
+    # threshold turn the shortcut off.
+    height, width = 300, 400
+    generator = torch.Generator().manual_seed(7)
+    values = margin_values(threshold)
+    blocks = torch.randint(0, len(values), (30, 14, 14), generator=generator)
+    pixels = torch.randint(0, len(values), (30, 28, 28), generator=generator)
+    masks = torch.cat(
+        [values[blocks].repeat_interleave(2, 1).repeat_interleave(2, 2), values[pixels]]
+    )
+    planes = torch.nn.functional.pad(masks, (1, 1, 1, 1))  # the zero border paste_masks adds
+    boxes = random_boxes(len(planes), height, width, generator)
+    boxes[::2] = torch.tensor([-20.0, -10.0, 390.0, 280.0])
+    expected = encode_full_paste(planes, boxes, height, width, threshold)
+    for arithmetic in (None, "aten"):
+        strings = mask_rle(planes, box_corners(boxes, 28), height, width, threshold, arithmetic)
+        assert strings == expected
+
+
 def test_threshold_is_compared_in_float32():
     # 0.7 is not a float32; torch compares the float32 pixels with float32(0.7).
     height, width = 20, 20
