@@ -22,7 +22,10 @@ namespace {
 // Up to this output height + width ATen resizes a single-channel plane with its channels-last
 // kernel (four weights multiplied out, four products summed), above it with its generic separable
 // kernel (each source row along x, then two rows along y): aten/src/ATen/native/cpu/
-// UpSampleKernel.cpp, _use_vectorized_kernel_cond_2d and upsample_bilinear2d_kernel_impl_float.
+// UpSampleKernel.cpp, _use_vectorized_kernel_cond_2d and upsample_bilinear2d_kernel_impl_float
+// (pytorch/pytorch bb7240c). Which products the FMA build fuses is not in the source (the compiler
+// contracts them); the orders below are the ones that equal torch 2.14.1's AVX2 kernels bit for
+// bit (tests/ops/test_mask_rle.py), and harness/ops/mask_rle.py checks them at run time.
 constexpr int64_t kChannelsLastMaxSize = 128;
 
 // Inlined into resize_window_fma below, so that its std::fma calls become FMA instructions there.
@@ -73,8 +76,8 @@ HARNESS_ALWAYS_INLINE Taps linear_taps(int64_t in, int64_t out) {
 
 // Where the resized pixels go. A sink has begin(x) / end() around each column x of the window and
 // pixel(y, value) for each of its rows y, top to bottom (x, y in pixels of the output box). A sink
-// with kThresholds (mask_rle's) only needs to know whether value > threshold(), and also takes
-// stretch(y, on): rows y and below, up to the next call in the column, are `on`.
+// with kThresholds (mask_rle's) only keeps whether value > its threshold; it has `margins` and also
+// takes stretch(y, on): rows y and below, up to the next call in the column, are `on`.
 //
 // ValueSink: the resize itself, for resize_bilinear.
 struct ValueSink {
