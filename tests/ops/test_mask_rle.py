@@ -69,9 +69,15 @@ def test_the_other_arithmetic_differs():
 
 
 def test_default_cpu_capability_selects_plain():
-    # ATen's DEFAULT kernels (no FMA), as on a CPU without AVX2: the check must pick "plain".
+    # ATen's DEFAULT kernels (no FMA), as on a CPU without AVX2: the check must pick "plain", and
+    # the strings must still equal the full paste's.
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": ROOT}
-    code = "from harness.ops import aten_arithmetic; print(aten_arithmetic())"
+    code = (
+        "from harness.ops import aten_arithmetic\n"
+        "from tests.ops.test_mask_rle import test_strings_equal_pycocotools_of_the_full_paste as t\n"
+        "t('auto', 'uniform', (480, 640)); t('auto', 'near_half', (37, 23))\n"
+        "print(aten_arithmetic())"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
