@@ -7,7 +7,8 @@ Run: `.venv/bin/python -m pytest benchmarks/test_eval_bench.py --benchmark-only`
 `--bench-device cuda` on a GPU). Environment: EVAL_BENCH_IMAGES (default 16; 5000 is a whole
 val2017 evaluation), EVAL_BENCH_BATCH (images per submitted batch, default 8), EVAL_BENCH_WORKERS
 (the encoder's processes, default postprocess.default_workers()). Each case records its time per
-image in extra_info; RESULTS.md has the numbers.
+image in extra_info and its results must equal the old path's exactly; RESULTS.md has the
+numbers.
 """
 
 import os
@@ -42,6 +43,15 @@ def _ours(pairs, workers: int) -> list[dict]:
     return encoder.results()
 
 
+@pytest.fixture(scope="module")
+def todays_results() -> list[dict]:
+    """The old path's COCO results on the benchmark's images, which ours must equal. Pasted on the
+    CPU, as the reference pastes (maskrcnn-benchmark moves the detections to the CPU before its
+    Masker); on a GPU the old path's resize rounds as CUDA does, which may flip pixels within
+    rounding of the threshold."""
+    return paste_and_encode(coco_like_detections(IMAGES), COCO_CATEGORY_IDS)
+
+
 CASES = {
     "today": lambda pairs: paste_and_encode(pairs, COCO_CATEGORY_IDS),
     "ours-inline": lambda pairs: _ours(pairs, workers=0),
@@ -50,7 +60,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_eval_postprocess(benchmark, pairs, bench_device, case):
+def test_eval_postprocess(benchmark, pairs, todays_results, bench_device, case):
     benchmark.group = f"eval postprocess {IMAGES} images ({bench_device.type})"
     if case == "ours-workers":
         postprocess.start_workers(WORKERS)  # once per training process, during init
@@ -62,6 +72,8 @@ def test_eval_postprocess(benchmark, pairs, bench_device, case):
 
     results = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=0)
     assert len(results) == sum(len(d.scores) for d, _ in pairs)
+    if case != "today":
+        assert results == todays_results  # every dict exactly: ids, boxes, scores, RLE strings
     benchmark.extra_info["images"] = IMAGES
     benchmark.extra_info["workers"] = WORKERS if case == "ours-workers" else 0
     if benchmark.disabled:  # the test command's untimed run: no statistics to record

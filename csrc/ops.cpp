@@ -45,4 +45,14 @@ TORCH_LIBRARY(harness, m) {
   m.def(
       "generate_anchors(int[] feature_sizes, int[] strides, float[] sizes, "
       "float[] aspect_ratios, Device device) -> Tensor");
+
+  // Evaluation post-processing (CPU): COCO RLE strings of [D, Hs, Ws] float32 planes resized
+  // bilinearly to their int64 boxes [D, 4], thresholded and clipped to the (height, width) image,
+  // written one after another as uint8 chars, with int64 offsets [D + 1]; and the [height, width]
+  // resize of one plane they threshold. arithmetic: 'aten', 'fused' or 'plain'
+  // (csrc/mask_rle/mask_rle.h).
+  m.def(
+      "mask_rle(Tensor masks, Tensor boxes, int height, int width, float threshold, "
+      "str arithmetic) -> (Tensor, Tensor)");
+  m.def("resize_bilinear(Tensor plane, int height, int width, str arithmetic) -> Tensor");
 }

@@ -7,8 +7,9 @@ process, one image at a time. Here instead:
 - one device→host copy per batch: every image's boxes, scores, labels and M x M mask probabilities
   travel as one packed float32 tensor (`ResultEncoder.submit`);
 - "virtual paste": each mask is resized only to its own box, as the reference does, and the
-  full-image RLE is written from the runs inside the box (`paste_rles`): work grows with the box
-  areas, not with D x H x W;
+  full-image RLE is written from the box's pixels (`paste_rles`, the C++ op
+  `harness.ops.mask_rle`, which reproduces ATen's resize arithmetic bit for bit): work grows with
+  the box areas, not with D x H x W, and no image or box is ever materialized;
 - worker processes do the pasting and encoding while the model evaluates the next batch.
 
 The COCO results are identical, RLE strings included, to `paste_masks` followed by
@@ -27,10 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_api
 from torch import Tensor
 
-from harness import evaluate
+from harness import evaluate, ops
 
 if TYPE_CHECKING:
     from harness.data.batch import ImageTarget
@@ -56,14 +56,14 @@ def paste_rles(
 ) -> list[dict]:
     """COCO RLEs of M x M mask probabilities pasted into a (height, width) image, without the image.
 
-    Each padded mask is resized bilinearly to its integer box (`box_corners`) by the same
-    F.interpolate call as a full paste, thresholded, clipped to the image, and the runs of the
-    full image (column-major, COCO's order) are derived from the box's pixels alone.
+    Each mask, with the one-pixel zero border paste_masks adds, is resized bilinearly to its
+    integer box (`box_corners`) with ATen's arithmetic, thresholded and clipped to the image, and
+    the full image's runs are written from the box's pixels alone (`harness.ops.mask_rle`).
 
-    masks: Tensor[D, M, M] float probabilities on the CPU; boxes: Tensor[D, 4] (x1, y1, x2, y2) in
-    the target image's pixels. Returns D dicts {"size": [height, width], "counts": str}.
+    masks: Tensor[D, M, M] float32 probabilities on the CPU; boxes: Tensor[D, 4] float32 (x1, y1,
+    x2, y2) in the target image's pixels. Returns D dicts {"size": [height, width], "counts": str}.
     """
-    num, m = masks.shape[0], masks.shape[-1]
+    num = masks.shape[0]
     if masks.ndim != 3 or boxes.shape != (num, 4):
         raise ValueError(
             f"masks must be [D, M, M] and boxes [D, 4], got {tuple(masks.shape)} and "
@@ -71,64 +71,10 @@ def paste_rles(
         )
     if num == 0:
         return []
-    x1, y1, x2, y2 = box_corners(boxes, m).numpy().T
-    box_h, box_w = np.maximum(y2 - y1 + 1, 1), np.maximum(x2 - x1 + 1, 1)
-    left, top = np.maximum(x1, 0), np.maximum(y1, 0)
-    cols = np.maximum(np.minimum(x2 + 1, width) - left, 0)  # the box's columns inside the image
-    rows = np.maximum(np.minimum(y2 + 1, height) - top, 0)
-    cols[rows == 0] = 0
-    rows[cols == 0] = 0
-    # Every box's pixels, row by row, each box between a zero row above and one below; `change`
-    # marks where a pixel differs from the one above it, i.e. where a run down a column starts or
-    # ends.
-    stride = cols
-    sizes = (rows + 1) * cols
-    starts = np.cumsum(sizes) - sizes
-    change = np.empty(int(sizes.sum()), dtype=bool)
-    planes = F.pad(masks, (1, 1, 1, 1)).view(num, 1, 1, m + 2, m + 2).unbind(0)
-    # The op F.interpolate(mode="bilinear") dispatches to, without its per-call argument checks.
-    upsample = torch.ops.aten.upsample_bilinear2d.vec
-    for i in np.flatnonzero(cols).tolist():
-        resized = upsample(planes[i], [int(box_h[i]), int(box_w[i])], False, None)
-        inside = resized[0, 0].numpy()[top[i] - y1[i] :, left[i] - x1[i] :][: rows[i], : cols[i]]
-        binary = inside > threshold
-        block = change[starts[i] : starts[i] + sizes[i]].reshape(rows[i] + 1, cols[i])
-        block[0] = binary[0]
-        np.not_equal(binary[1:], binary[:-1], out=block[1:-1])
-        block[-1] = binary[-1]
-    edges = np.flatnonzero(change)
-    owner = np.searchsorted(starts, edges, side="right") - 1
-    local = edges - starts[owner]
-    position = (left[owner] + local % stride[owner]) * height + top[owner] + local // stride[owner]
-    # COCO's order: by column, then down it; per column the changes alternate start, end.
-    # (A run's end may be height * width, one past the last pixel.)
-    span = height * width + 1
-    owner, position = np.divmod(np.sort(owner * span + position), span)
-    run_start, run_end, run_owner = position[0::2], position[1::2], owner[0::2]
-    # A run that ends at the bottom of a full-height column goes on at the next column's top.
-    joined = np.zeros(len(run_start), dtype=bool)
-    joined[1:] = (run_owner[1:] == run_owner[:-1]) & (run_start[1:] == run_end[:-1])
-    run_start, run_owner = run_start[~joined], run_owner[~joined]
-    run_end = run_end[np.append(~joined[1:], True)] if len(joined) else run_end
-    first = np.ones(len(run_start), dtype=bool)
-    first[1:] = run_owner[1:] != run_owner[:-1]
-    previous_end = np.zeros_like(run_end)
-    previous_end[1:] = run_end[:-1]
-    previous_end[first] = 0
-    # Per mask: zeros before each run, the run; then the zeros after its last run, if any.
-    counts = np.stack([run_start - previous_end, run_end - run_start], axis=1).ravel()
-    runs = np.bincount(run_owner, minlength=num)
-    last = np.cumsum(runs)
-    tail = np.full(num, height * width, dtype=np.int64)
-    tail[runs > 0] -= run_end[last[runs > 0] - 1]
-    counts = np.insert(counts, 2 * last[tail > 0], tail[tail > 0])
-    per_mask = np.split(counts, np.cumsum(2 * runs + (tail > 0))[:-1])
-    rles = mask_api.frPyObjects(
-        [{"size": [height, width], "counts": c} for c in per_mask], height, width
-    )
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    planes = F.pad(masks, (1, 1, 1, 1))
+    strings = ops.mask_rle(planes, box_corners(boxes, masks.shape[-1]), height, width, threshold)
+    size = [int(height), int(width)]
+    return [{"size": size.copy(), "counts": counts} for counts in strings]
 
 
 @dataclass(frozen=True)
@@ -186,6 +132,7 @@ def default_workers() -> int:
 def _worker_init() -> None:
     # Each worker encodes one batch on one core; torch's intra-op threads would oversubscribe.
     torch.set_num_threads(1)
+    ops.aten_arithmetic()  # the once-per-process check, here rather than in the first batch
 
 
 _pools: dict[int, ProcessPoolExecutor] = {}

@@ -14,6 +14,12 @@ from harness.ops.box_coder import (
     encode_boxes_reference,
 )
 from harness.ops.boxes import box_area, box_iou
+from harness.ops.mask_rle import (
+    aten_arithmetic,
+    mask_rle,
+    resize_bilinear,
+    resize_bilinear_reference,
+)
 from harness.ops.mask_targets import mask_targets, mask_targets_reference
 from harness.ops.nms import (
     batched_nms,
@@ -33,6 +39,7 @@ from harness.ops.roi_align import (
 
 __all__ = [
     "anchor_visibility",
+    "aten_arithmetic",
     "batched_nms",
     "batched_nms_mask",
     "batched_nms_reference",
@@ -47,6 +54,7 @@ __all__ = [
     "generate_anchors",
     "generate_anchors_reference",
     "library",
+    "mask_rle",
     "mask_targets",
     "mask_targets_reference",
     "multilevel_roi_align",
@@ -54,6 +62,8 @@ __all__ = [
     "nms",
     "nms_mask",
     "nms_reference",
+    "resize_bilinear",
+    "resize_bilinear_reference",
     "roi_align",
     "roi_align_reference",
     "set_debug",

@@ -94,6 +94,21 @@ def _generate_anchors(
     return torch.empty((cells * len(aspect_ratios), 4), dtype=torch.float32, device=device)
 
 
+def _mask_rle(
+    masks: Tensor, boxes: Tensor, height: int, width: int, threshold: float, arithmetic: str
+) -> tuple[Tensor, Tensor]:
+    # The strings' total length depends on the pixels.
+    chars = torch.library.get_ctx().new_dynamic_size()
+    return (
+        masks.new_empty((chars,), dtype=torch.uint8),
+        masks.new_empty((masks.shape[0] + 1,), dtype=torch.int64),
+    )
+
+
+def _resize_bilinear(plane: Tensor, height: int, width: int, arithmetic: str) -> Tensor:
+    return plane.new_empty((height, width))
+
+
 def register() -> None:
     for name, fake in (
         ("nms", _nms),
@@ -104,5 +119,7 @@ def register() -> None:
         ("decode_boxes", _decode_boxes),
         ("mask_targets", _mask_targets),
         ("generate_anchors", _generate_anchors),
+        ("mask_rle", _mask_rle),
+        ("resize_bilinear", _resize_bilinear),
     ):
         torch.library.register_fake(f"harness::{name}", fake)
