@@ -13,6 +13,9 @@ import torch
 from harness import collect_env, extension
 
 ROOT = Path(__file__).resolve().parents[1]
+# Evaluation post-processing on the host (harness/ops/mask_rle.py): it encodes COCO strings from
+# CPU tensors, one copy per batch, in the training process or its workers; no CUDA kernel exists.
+HOST_ONLY_OPS = {"harness::mask_rle", "harness::resize_bilinear"}
 
 
 def test_extension_imports_and_matches_torch():
@@ -48,9 +51,11 @@ def test_cuda_compiled_agrees_with_what_the_library_holds():
     compiled = ext.cuda_compiled()
     ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("harness::"))
     assert {"harness::nms", "harness::roi_align", "harness::mask_targets"} <= set(ops)
+    assert set(ops) >= HOST_ONLY_OPS
     for op in ops:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"), op
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA") == compiled, op
+        has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+        assert has_cuda == (compiled and op not in HOST_ONLY_OPS), op
     sections = _elf_section_names(Path(ext.__file__))
     assert ".text" in sections and ".dynsym" in sections
     assert (".nv_fatbin" in sections) == compiled, sorted(sections)
