@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import random
+import signal
 
 import numpy as np
 import pytest
 import torch
+
+# A suite started in the background of a non-interactive shell (`./scripts/test.sh &`, nohup) runs
+# with SIGINT ignored, which every process it starts inherits: bash cannot trap an ignored signal,
+# so the tests that stop run_and_time.sh with SIGINT would fail for the way they were started.
+# A handled signal is reset to its default in the children, as a user's terminal would leave it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
