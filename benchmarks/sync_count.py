@@ -47,8 +47,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks.model_cases import make_inputs
 from harness import config as config_module
 from harness.model import build_model
-from harness.solver import LRSchedule, build_optimizer, clip_grad_norm
-from harness.train import autocast_dtype
+from harness.solver import LRSchedule, build_optimizer
+from harness.train import autocast_dtype, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -192,7 +192,7 @@ class SyncCounter(TorchDispatchMode):
 
 @dataclass
 class Step:
-    """One model, optimizer, schedule and batch: `run()` is one training step as train.py's."""
+    """One model, optimizer, schedule and batch: `run()` is one training step, train.py's own."""
 
     cfg: config_module.Config
     model: torch.nn.Module
@@ -204,25 +204,24 @@ class Step:
     iteration: int = 0
     cpu_autocast: bool = False
 
-    def run(self) -> torch.Tensor:
-        self.schedule.step(self.iteration)
+    def run(self) -> None:
         # When counting, the CPU runs the forward in fp32 (bf16 is emulated on most CPUs, ~30x
         # slower): autocast changes dtypes, not which ops run. The GradScaler runs as configured.
         device = self.images.device
         dtype = autocast_dtype(self.cfg, device)
         enabled = dtype is not None and (device.type == "cuda" or self.cpu_autocast)
-        with torch.autocast(device.type, dtype=dtype, enabled=enabled):
-            losses = self.model(self.images, self.targets)
-        loss = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.solver.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            clip_grad_norm(self.optimizer, self.cfg.solver.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        train_step(
+            self.model,
+            self.images,
+            self.targets,
+            self.optimizer,
+            self.scaler,
+            self.schedule,
+            self.iteration,
+            self.cfg.solver.grad_clip,
+            torch.autocast(device.type, dtype=dtype, enabled=enabled),
+        )
         self.iteration += 1
-        return loss.detach()
 
 
 def build_step(

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -206,6 +206,35 @@ def run_evaluation(model, loader, device, cfg, label_to_category: list[int]) -> 
     return results
 
 
+def train_step(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: list,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    schedule: LRSchedule,
+    iteration: int,
+    grad_clip: float,
+    autocast: AbstractContextManager,
+) -> tuple[dict[str, torch.Tensor], float]:
+    """One optimizer step as a run takes it (benchmarks/sync_count.py counts the syncs of this
+    same function): the learning rate of update `iteration + 1`, the forward under `autocast`, the
+    backward through the GradScaler, clipping when grad_clip > 0, the update. Returns the losses
+    and the learning rate used; images and targets (a batch's) are on the model's device."""
+    lr = schedule.step(iteration)
+    with autocast:
+        losses = model(images, targets)
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        clip_grad_norm(optimizer, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return losses, lr
+
+
 def last_epoch_of_run(
     iteration: int,
     epoch: int,
@@ -351,17 +380,17 @@ class Run:
 
     def step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], float]:
         """One optimizer step on `batch` (on the device); returns its losses and learning rate."""
-        lr = self.schedule.step(self.iteration)
-        with autocast_context(self.cfg, self.device):
-            losses = self.train_model(batch.images, batch.targets)
-        loss = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.cfg.solver.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            clip_grad_norm(self.optimizer, self.cfg.solver.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        losses, lr = train_step(
+            self.train_model,
+            batch.images,
+            batch.targets,
+            self.optimizer,
+            self.scaler,
+            self.schedule,
+            self.iteration,
+            self.cfg.solver.grad_clip,
+            autocast_context(self.cfg, self.device),
+        )
         self.iteration += 1
         return losses, lr
 
