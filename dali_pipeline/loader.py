@@ -23,7 +23,7 @@ from harness.config import DataConfig
 from harness.data.batch import Batch, Normalization
 from harness.data.coco import CocoDataError, CocoSet, CorruptImageError
 from harness.data.images import decode, size_mismatch
-from harness.data.sampler import GroupedEpochs, Keys, shard_range
+from harness.data.sampler import CocoEpochs, Keys, shard_range
 from harness.data.transforms import padded_size, record_target, resized_size
 
 
@@ -157,7 +157,7 @@ class _Stream:
         return Batch(_to_torch(images.as_tensor()), targets)
 
 
-class DaliTrainLoader(GroupedEpochs):
+class DaliTrainLoader(CocoEpochs):
     """Training batches of one rank: `len()` batches per epoch, aspect-ratio grouped, each epoch a
     function of (seed, epoch) as in the PyTorch loader (the epochs, set_epoch and num_samples of
     harness.data.sampler.GroupedEpochs).
@@ -177,16 +177,7 @@ class DaliTrainLoader(GroupedEpochs):
         world_size: int,
         seed: int,
     ) -> None:
-        landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
-        super().__init__(
-            landscape,
-            images_per_step,
-            rank,
-            world_size,
-            seed,
-            data.flip_prob,
-            data.aspect_ratio_grouping,
-        )
+        super().__init__(coco, data, images_per_step, rank, world_size, seed)
         self.coco, self.settings = coco, DaliSettings.of(data, norm)
         self.stream: _Stream | None = None
         self.stream_at = (0, 0)  # (epoch, batch) the stream returns next

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
@@ -20,7 +19,7 @@ from harness.config import DataConfig
 from harness.data.batch import Batch, ImageTarget, Normalization
 from harness.data.coco import CocoDataError, CocoRecord, CocoSet
 from harness.data.images import decode, size_mismatch
-from harness.data.sampler import GroupedEpochs, Keys, shard_range
+from harness.data.sampler import CocoEpochs, Keys, shard_range
 from harness.data.transforms import normalize, pad_batch, record_target, resized_size
 
 
@@ -97,7 +96,7 @@ class _EpochBatches:
         return iter(self.batches)
 
 
-class TorchTrainLoader(GroupedEpochs):
+class TorchTrainLoader(CocoEpochs):
     """Training batches of one rank: `len()` batches per epoch of `images_per_rank` images each
     (the epochs, set_epoch and num_samples of GroupedEpochs)."""
 
@@ -111,16 +110,7 @@ class TorchTrainLoader(GroupedEpochs):
         world_size: int,
         seed: int,
     ) -> None:
-        landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
-        super().__init__(
-            landscape,
-            images_per_step,
-            rank,
-            world_size,
-            seed,
-            data.flip_prob,
-            data.aspect_ratio_grouping,
-        )
+        super().__init__(coco, data, images_per_step, rank, world_size, seed)
         self.sampler = _EpochBatches()
         self.loader = DataLoader(
             CocoImages(coco, data.min_size, data.max_size, norm),

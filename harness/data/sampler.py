@@ -19,11 +19,15 @@ uninterrupted run would have read.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
 from harness.config import ConfigError
+
+if TYPE_CHECKING:
+    from harness.config import DataConfig
+    from harness.data.coco import CocoSet
 
 T = TypeVar("T")
 Keys = list[tuple[int, bool]]  # one batch: (record index, flip) per image
@@ -153,3 +157,28 @@ class GroupedEpochs:
         if len(out) != self.length:
             raise AssertionError(f"epoch {epoch} filled {len(out)} of {self.length} batches")
         return out
+
+
+class CocoEpochs(GroupedEpochs):
+    """GroupedEpochs over a COCO training set: its images' orientations, with the data config's
+    flip probability and aspect-ratio grouping. Both training loaders extend it."""
+
+    def __init__(
+        self,
+        coco: CocoSet,
+        data: DataConfig,
+        images_per_step: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+    ) -> None:
+        landscape = np.array([r.width > r.height for r in coco.records], dtype=bool)
+        super().__init__(
+            landscape,
+            images_per_step,
+            rank,
+            world_size,
+            seed,
+            data.flip_prob,
+            data.aspect_ratio_grouping,
+        )
